@@ -17,7 +17,7 @@ TABLE = load_profiles(ROOT / "book" / "profiles.toml")
 
 
 def test_there_are_chapters():
-    assert len(CHAPTERS) >= 3
+    assert CHAPTERS, "no chapter notebooks found through _toc.yml"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
