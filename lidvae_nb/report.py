@@ -19,7 +19,7 @@ def markdown_table(rows: Iterable[Sequence], header: Sequence[str]) -> str:
             raise ValueError(
                 f"row {i} has {len(row)} cells, expected {len(header)} (header {list(header)})"
             )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 

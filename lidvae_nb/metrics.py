@@ -1,0 +1,197 @@
+"""Collapse metrics, shared by every chapter: active units, KL to the prior, mutual information,
+importance-weighted log-likelihood and cluster accuracy.
+
+The functions work with any model that exposes
+
+* ``encode(x) -> torch.distributions.Distribution``: the approximate posterior q(z | x), batch
+  shape (B,) and event shape (K,) (a Gaussian, a flow, or a mixture over a categorical latent);
+* ``prior() -> Distribution``: p(z), event shape (K,);
+* ``log_likelihood(x, z) -> Tensor``: log p(x | z), shape like ``z``'s batch dimensions.
+
+Definitions follow the code of the lagging-encoder paper (He et al., 2019), which the source
+papers' Table 1 uses: AU counts dimensions whose posterior mean varies across data points by at
+least 0.01 (reported as a fraction); MI is estimated per mini-batch; the log-likelihood is the
+IWAE estimate per data point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import distributions as D
+
+
+def _batches(data: torch.Tensor | Iterable, batch_size: int):
+    """Yield tensors from a tensor (split along dim 0) or from an iterable of batches."""
+    if isinstance(data, torch.Tensor):
+        if data.dim() < 2:
+            raise ValueError(f"data must be (N, ...) with N >= 1, got shape {tuple(data.shape)}")
+        yield from data.split(batch_size)
+        return
+    for batch in data:
+        yield batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def _check_positive_int(name: str, value) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def posterior_mean(q: D.Distribution, n_samples: int = 100) -> torch.Tensor:
+    """E_q[z], closed form where the distribution has one, else a Monte Carlo average."""
+    try:
+        return q.mean
+    except NotImplementedError:
+        return q.sample((n_samples,)).mean(0)
+
+
+@torch.no_grad()
+def active_units(
+    model, data, threshold: float = 0.01, batch_size: int = 500, fraction: bool = True
+) -> float:
+    """Active units: dimensions d with Var_x(E_q[z_d | x]) >= threshold.
+
+    Returns the fraction of the K dimensions (the source papers' Table 1) or, with
+    ``fraction=False``, the count.
+    """
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    means = torch.cat([posterior_mean(model.encode(x)) for x in _batches(data, batch_size)])
+    if means.shape[0] < 2:
+        raise ValueError(f"active units need at least 2 data points, got {means.shape[0]}")
+    variances = means.var(dim=0, unbiased=True)
+    count = int((variances >= threshold).sum())
+    return count / means.shape[1] if fraction else float(count)
+
+
+def _kl_to_prior(q: D.Distribution, p: D.Distribution, n_samples: int) -> torch.Tensor:
+    try:
+        return D.kl_divergence(q, p)
+    except NotImplementedError:
+        z = q.sample((n_samples,))
+        return (q.log_prob(z) - p.log_prob(z)).mean(0)
+
+
+@torch.no_grad()
+def kl_to_prior(model, data, batch_size: int = 500, n_samples: int = 100) -> float:
+    """Mean over data points of KL(q(z | x) || p(z)); closed form where torch has it, else MC."""
+    prior = model.prior()
+    total, count = 0.0, 0
+    for x in _batches(data, batch_size):
+        kl = _kl_to_prior(model.encode(x), prior, n_samples)
+        total += float(kl.sum())
+        count += kl.shape[0]
+    return total / count
+
+
+@torch.no_grad()
+def mutual_information(model, data, batch_size: int = 500, n_samples: int = 1) -> float:
+    """He et al.'s estimate of I_q(x; z) = E_x E_q[log q(z | x)] - E_x E_q[log q(z)].
+
+    Per mini-batch of B points, log q(z) is approximated by
+    logsumexp_j log q(z | x_j) - log B with ``n_samples`` draws per point; batches are weighted
+    by their size. Noise can make it slightly negative when the true value is near 0.
+    """
+    _check_positive_int("n_samples", n_samples)
+    total, count = 0.0, 0
+    for x in _batches(data, batch_size):
+        q = model.encode(x)
+        b = x.shape[0]
+        if b < 2:
+            continue
+        z = q.sample((n_samples,))  # (S, B, K)
+        log_q_own = q.log_prob(z)  # (S, B)
+        # log q(z_si | x_j) for every sample s, point i and encoder j: (S, B, B)
+        log_q_all = q.log_prob(z.unsqueeze(2))
+        log_q_agg = torch.logsumexp(log_q_all, dim=2) - math.log(b)
+        total += float((log_q_own - log_q_agg).mean(0).sum())
+        count += b
+    if count == 0:
+        raise ValueError("mutual information needs batches of at least 2 data points")
+    return total / count
+
+
+@torch.no_grad()
+def iwae_log_likelihood(
+    model, data, n_samples: int = 500, chunk_size: int = 100, batch_size: int = 100
+) -> torch.Tensor:
+    """IWAE estimate of log p(x) per point: logsumexp_s [log p(x, z_s) - log q(z_s | x)] - log S.
+
+    ``n_samples`` importance samples per point from q(z | x), drawn ``chunk_size`` at a time so that
+    memory stays bounded. Returns a (N,) tensor; its mean is the test log-likelihood.
+    """
+    _check_positive_int("n_samples", n_samples)
+    _check_positive_int("chunk_size", chunk_size)
+    prior = model.prior()
+    out = []
+    for x in _batches(data, batch_size):
+        q = model.encode(x)
+        chunks = []
+        left = n_samples
+        while left > 0:
+            s = min(chunk_size, left)
+            z = q.sample((s,))  # (s, B, K)
+            log_w = prior.log_prob(z) + model.log_likelihood(x, z) - q.log_prob(z)
+            chunks.append(log_w)
+            left -= s
+        log_w = torch.cat(chunks, dim=0)
+        out.append(torch.logsumexp(log_w, dim=0) - math.log(n_samples))
+    return torch.cat(out)
+
+
+def cluster_accuracy(labels, clusters) -> float:
+    """Accuracy of cluster assignments after the best one-to-one matching to labels (Hungarian).
+
+    Works with any number of clusters and classes; unmatched clusters count as errors.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    labels = np.asarray(labels).ravel()
+    clusters = np.asarray(clusters).ravel()
+    if labels.shape != clusters.shape or labels.size == 0:
+        raise ValueError(
+            f"labels and clusters must be non-empty and of equal length, got {labels.shape} and "
+            f"{clusters.shape}"
+        )
+    label_ids, label_idx = np.unique(labels, return_inverse=True)
+    cluster_ids, cluster_idx = np.unique(clusters, return_inverse=True)
+    counts = np.zeros((cluster_ids.size, label_ids.size), dtype=np.int64)
+    np.add.at(counts, (cluster_idx, label_idx), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return float(counts[rows, cols].sum() / labels.size)
+
+
+@torch.no_grad()
+def collapse_report(
+    model, data, *, iwae_samples: int = 500, batch_size: int = 500, labels=None
+) -> dict[str, float]:
+    """Every collapse metric of the model on ``data`` (held-out data, as in Table 1), in one dict.
+
+    Keys: ``au`` (fraction), ``kl``, ``mi``, ``log_likelihood`` (IWAE, mean per point; skipped with
+    ``iwae_samples=0``) and, for models with ``cluster_probs(x)`` and given ``labels``,
+    ``cluster_accuracy`` and ``cluster_entropy`` (mean entropy of q(y | x), in nats).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        report = {
+            "au": active_units(model, data, batch_size=batch_size),
+            "kl": kl_to_prior(model, data, batch_size=batch_size),
+            "mi": mutual_information(model, data, batch_size=batch_size),
+        }
+        if iwae_samples:
+            ll = iwae_log_likelihood(model, data, n_samples=iwae_samples)
+            report["log_likelihood"] = float(ll.mean())
+        if hasattr(model, "cluster_probs"):
+            probs = torch.cat([model.cluster_probs(x) for x in _batches(data, batch_size)])
+            entropy = D.Categorical(probs=probs).entropy().mean()
+            report["cluster_entropy"] = float(entropy)
+            if labels is not None:
+                report["cluster_accuracy"] = cluster_accuracy(labels, probs.argmax(1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return report

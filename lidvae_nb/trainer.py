@@ -1,0 +1,394 @@
+"""One trainer for every model and every training scheme.
+
+Schemes (``TrainConfig.scheme``):
+
+* ``"elbo"``: the plain VAE objective;
+* ``"beta"``: beta-VAE, the KL term weighted by ``beta`` (0.2 in the source papers);
+* ``"anneal"``: KL annealing, beta rising linearly from ``anneal_start`` to 1 in ``anneal_epochs``;
+* ``"lagging"``: lagging ("aggressive") inference networks (He et al., 2019): while aggressive, the
+  encoder is updated on fresh batches until its loss stops improving (at most
+  ``lagging_max_inner`` steps) before each decoder step; aggressive mode ends when the mutual
+  information on validation data stops rising;
+* ``"savae"``: semi-amortised VAE (Kim et al., 2018): ``savae_steps`` steps of SVI refine the
+  encoder's Gaussian parameters; the decoder is trained at the refined parameters and the encoder
+  through the unrolled refinement (exact Hessian-vector products by autograd).
+
+The trainer seeds everything, uses CUDA when present, shows tqdm progress, writes checkpoints
+atomically and resumes from them (``torch.load(weights_only=True)``), logs one JSON line per
+epoch, and stops with an error naming the step on a NaN or infinite loss, leaving the last good
+checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import distributions as D
+from torch import nn
+from tqdm import tqdm
+
+SCHEMES = ("elbo", "beta", "anneal", "lagging", "savae")
+OPTIMIZERS = ("adam", "rmsprop")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run, besides the model and the data."""
+
+    epochs: int = 50
+    batch_size: int = 100
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    grad_clip: float | None = 5.0
+    scheme: str = "elbo"
+    beta: float = 0.2
+    anneal_epochs: float = 10.0
+    anneal_start: float = 0.1
+    lagging_max_inner: int = 100
+    savae_steps: int = 10
+    savae_lr: float = 1.0
+    seed: int = 0
+    device: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 1
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in (
+            "epochs",
+            "batch_size",
+            "lagging_max_inner",
+            "savae_steps",
+            "checkpoint_every",
+        ):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "beta", "anneal_epochs", "savae_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.anneal_start <= 1:
+            raise ValueError(f"anneal_start must be in [0, 1], got {self.anneal_start!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    names = ("encoder", "cluster_net")
+    return [p for n, p in model.named_parameters() if n.split(".")[0] in names]
+
+
+def _decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    enc = {id(p) for p in _encoder_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in enc]
+
+
+class Trainer:
+    """Fits ``model`` (any model of :mod:`lidvae_nb.models`) under ``config``.
+
+    ``batch_transform`` is applied to every training batch (for example dynamic binarisation).
+    """
+
+    CHECKPOINT = "checkpoint.pt"
+    LOG = "log.jsonl"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self.cfg = config
+        self.device = torch.device(config.device) if config.device else default_device()
+        seed_everything(config.seed)
+        self.model = model.to(self.device)
+        self.batch_transform = batch_transform
+        self.opt = self._optimizer(list(model.parameters()))
+        if config.scheme == "lagging":
+            self.enc_opt = self._optimizer(_encoder_parameters(model))
+            self.dec_opt = self._optimizer(_decoder_parameters(model))
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict] = []
+        self.aggressive = config.scheme == "lagging"
+        self.best_mi = -math.inf
+        self.dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if (self.dir / self.CHECKPOINT).exists():
+                self._load(self.dir / self.CHECKPOINT)
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _optimizer(self, params):
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.cfg.lr)
+        return torch.optim.RMSprop(params, lr=self.cfg.lr)
+
+    def beta_at(self, step: int, steps_per_epoch: int) -> float:
+        """The weight of the KL term at a given step under the configured scheme."""
+        if self.cfg.scheme == "beta":
+            return self.cfg.beta
+        if self.cfg.scheme == "anneal":
+            total = self.cfg.anneal_epochs * steps_per_epoch
+            return min(1.0, self.cfg.anneal_start + (1 - self.cfg.anneal_start) * step / total)
+        return 1.0
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def _state(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "aggressive": self.aggressive,
+            "best_mi": self.best_mi,
+            "config": dataclasses.asdict(self.cfg),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.cfg.scheme == "lagging":
+            state["enc_opt"] = self.enc_opt.state_dict()
+            state["dec_opt"] = self.dec_opt.state_dict()
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write a checkpoint atomically (temporary file, then rename)."""
+        path = Path(path) if path is not None else self.dir / self.CHECKPOINT
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self._state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved = state["config"]
+        for key in ("scheme", "batch_size", "seed"):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise ValueError(
+                    f"checkpoint {path} was written with {key}={saved.get(key)!r}, "
+                    f"but this run has {key}={getattr(self.cfg, key)!r}"
+                )
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        if self.cfg.scheme == "lagging":
+            self.enc_opt.load_state_dict(state["enc_opt"])
+            self.dec_opt.load_state_dict(state["dec_opt"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = state["history"]
+        self.aggressive, self.best_mi = state["aggressive"], state["best_mi"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    # --- one step of each scheme --------------------------------------------------------------
+    def _check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
+        if not torch.isfinite(loss):
+            where = f"step {self.step} (epoch {self.epoch + 1})"
+            kept = (
+                f"; the last good checkpoint is {self.dir / self.CHECKPOINT}"
+                if self.dir is not None and (self.dir / self.CHECKPOINT).exists()
+                else ""
+            )
+            raise FloatingPointError(f"non-finite {what} ({float(loss.detach())}) at {where}{kept}")
+
+    def _apply(self, opt, loss: torch.Tensor, params=None) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip is not None:
+            params = params if params is not None else list(self.model.parameters())
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+
+    def _plain_step(self, x: torch.Tensor, beta: float) -> dict:
+        out = self.model.loss(x, beta=beta)
+        self._check_finite(out["loss"])
+        self._apply(self.opt, out["loss"])
+        return out
+
+    def _lagging_step(self, x: torch.Tensor, beta: float, sample_batch) -> dict:
+        if not self.aggressive:
+            return self._plain_step(x, beta)
+        enc_params = _encoder_parameters(self.model)
+        best, since_best = math.inf, 0
+        for inner in range(self.cfg.lagging_max_inner):
+            xb = x if inner == 0 else sample_batch()
+            out = self.model.loss(xb, beta=beta)
+            self._check_finite(out["loss"], "encoder loss")
+            self._apply(self.enc_opt, out["loss"], enc_params)
+            value = float(out["loss"].detach())
+            if value < best - 1e-4:
+                best, since_best = value, 0
+            else:
+                since_best += 1
+                if since_best >= 10:
+                    break
+        out = self.model.loss(x, beta=beta)
+        self._check_finite(out["loss"])
+        self._apply(self.dec_opt, out["loss"], _decoder_parameters(self.model))
+        return out
+
+    def _savae_step(self, x: torch.Tensor, beta: float) -> dict:
+        model = self.model
+        if not hasattr(model, "loss_from_q") or len(model.encoder.flows) > 0:
+            raise ValueError(
+                "scheme 'savae' refines a Gaussian q(z | x): it needs a VAE or LIDVAE without "
+                f"flow layers, got {type(model).__name__} with "
+                f"flow_layers={getattr(model.cfg, 'flow_layers', '?')}"
+            )
+        mu, raw = model.encoder.params(x)
+        lam = [mu, raw]
+        for _ in range(self.cfg.savae_steps):
+            q = model.encoder.distribution(*lam)
+            # Sum over the batch so that each point's parameters take a step of size savae_lr.
+            inner = model.loss_from_q(x, q, beta)["loss"] * x.shape[0]
+            grads = torch.autograd.grad(inner, lam, create_graph=True)
+            lam = [p - self.cfg.savae_lr * g for p, g in zip(lam, grads, strict=True)]
+        # Decoder: ELBO at the refined parameters, held fixed.
+        fixed = model.encoder.distribution(*(p.detach() for p in lam))
+        out = model.loss_from_q(x, fixed, beta)
+        self._check_finite(out["loss"])
+        # Encoder: the same objective, differentiated through the unrolled SVI steps.
+        enc_loss = model.loss_from_q(x, model.encoder.distribution(*lam), beta)["loss"]
+        self._check_finite(enc_loss, "encoder loss")
+        enc_params = _encoder_parameters(model)
+        enc_grads = torch.autograd.grad(enc_loss, enc_params, allow_unused=True)
+        self.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        for p, g in zip(enc_params, enc_grads, strict=True):
+            p.grad = g
+        if self.cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return out
+
+    # --- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, data: torch.Tensor) -> dict:
+        """Negative ELBO, reconstruction and KL on ``data`` (means per point), and MI."""
+        from lidvae_nb.metrics import mutual_information
+
+        self.model.eval()
+        try:
+            totals = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+            for x in data.split(max(self.cfg.batch_size, 500)):
+                x = x.to(self.device)
+                out = self.model.loss(x)
+                totals["loss"] += float(out["loss"]) * x.shape[0]
+                totals["rec"] += float(out["rec"].sum())
+                totals["kl"] += float(out["kl"].sum())
+            result = {k: v / data.shape[0] for k, v in totals.items()}
+            if data.shape[0] >= 2:
+                result["mi"] = mutual_information(self.model, data.to(self.device))
+            return result
+        finally:
+            self.model.train()
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self, train: torch.Tensor, val: torch.Tensor | None = None) -> list[dict]:
+        """Train for the remaining epochs of ``config.epochs`` (all of them unless resumed).
+
+        ``train`` and ``val`` are (N, D) tensors. Returns the history: one dict per epoch.
+        """
+        if train.dim() != 2 or train.shape[0] < 1:
+            raise ValueError(
+                f"train must be a non-empty (N, D) tensor, got shape {tuple(train.shape)}"
+            )
+        cfg = self.cfg
+        n = train.shape[0]
+        steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+        gen = torch.Generator()
+
+        def prepare(idx):
+            x = train[idx].to(self.device)
+            return self.batch_transform(x) if self.batch_transform is not None else x
+
+        def sample_batch():
+            return prepare(torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen))
+
+        self.model.train()
+        # Argument validation of torch.distributions is off while training: a NaN must surface
+        # as a non-finite loss that names its step, not as a constraint error deep inside a
+        # Normal. (It also saves time.) The previous setting is restored afterwards.
+        validate = D.Distribution._validate_args
+        D.Distribution.set_default_validate_args(False)
+        bar = tqdm(
+            total=cfg.epochs,
+            initial=self.epoch,
+            desc=type(self.model).__name__,
+            disable=not cfg.progress,
+            leave=False,
+        )
+        try:
+            while self.epoch < cfg.epochs:
+                start = time.perf_counter()
+                # The order depends on (seed, epoch) only: a resumed run sees the same batches.
+                gen.manual_seed(cfg.seed * 1_000_003 + self.epoch)
+                sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+                order = torch.randperm(n, generator=gen)
+                for idx in order.split(cfg.batch_size):
+                    x = prepare(idx)
+                    beta = self.beta_at(self.step, steps_per_epoch)
+                    if cfg.scheme == "lagging":
+                        out = self._lagging_step(x, beta, sample_batch)
+                    elif cfg.scheme == "savae":
+                        out = self._savae_step(x, beta)
+                    else:
+                        out = self._plain_step(x, beta)
+                    self.step += 1
+                    sums["loss"] += float(out["loss"].detach()) * x.shape[0]
+                    sums["rec"] += float(out["rec"].sum())
+                    sums["kl"] += float(out["kl"].sum())
+                self.epoch += 1
+                record = {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "beta": beta,
+                    **{f"train_{k}": v / n for k, v in sums.items()},
+                    "seconds": round(time.perf_counter() - start, 4),
+                }
+                if val is not None:
+                    record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
+                if cfg.scheme == "lagging":
+                    record["aggressive"] = self.aggressive
+                    if self.aggressive and val is not None:
+                        if record["val_mi"] <= self.best_mi:
+                            self.aggressive = False
+                        self.best_mi = max(self.best_mi, record["val_mi"])
+                self.history.append(record)
+                if self.dir is not None:
+                    with open(self.dir / self.LOG, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+                        self.save()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}")
+        finally:
+            bar.close()
+            D.Distribution.set_default_validate_args(validate)
+        return self.history

@@ -1,0 +1,118 @@
+"""Collapse metrics on encoders whose answers are known in closed form."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import distributions as D
+
+from lidvae_nb import metrics
+
+
+class LinearGaussian(torch.nn.Module):
+    """z ~ N(0, I_K), x | z ~ N(z, s^2 I_K), with q(z | x) the exact posterior (or a blind one)."""
+
+    def __init__(self, k=3, s=2.0, blind=False, informative_dims=None):
+        super().__init__()
+        self.k, self.s, self.blind = k, s, blind
+        self.informative = informative_dims if informative_dims is not None else k
+
+    def prior(self):
+        return D.Independent(D.Normal(torch.zeros(self.k), torch.ones(self.k)), 1)
+
+    def encode(self, x):
+        if self.blind:
+            return D.Independent(D.Normal(torch.zeros_like(x), torch.ones_like(x)), 1)
+        v = 1.0 / (1.0 + 1.0 / self.s**2)
+        mean = v * x / self.s**2
+        mean[:, self.informative :] = 0.0
+        scale = torch.full_like(x, math.sqrt(v))
+        scale[:, self.informative :] = 1.0
+        return D.Independent(D.Normal(mean, scale), 1)
+
+    def log_likelihood(self, x, z):
+        return D.Independent(D.Normal(z, self.s), 1).log_prob(x)
+
+    def sample(self, n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.k, generator=g)
+        return z + self.s * torch.randn(n, self.k, generator=g)
+
+
+def test_blind_encoder_has_no_active_units_no_kl_and_no_information():
+    model = LinearGaussian(blind=True)
+    x = model.sample(2000)
+    assert metrics.active_units(model, x) == 0.0
+    assert metrics.kl_to_prior(model, x) == pytest.approx(0.0, abs=1e-12)
+    assert abs(metrics.mutual_information(model, x)) < 0.02
+
+
+def test_active_units_count_the_informative_dimensions():
+    model = LinearGaussian(k=4, s=1.0, informative_dims=2)
+    x = model.sample(1000)
+    assert metrics.active_units(model, x) == 0.5
+    assert metrics.active_units(model, x, fraction=False) == 2
+
+
+def test_kl_matches_the_closed_form():
+    s = 2.0
+    model = LinearGaussian(k=3, s=s)
+    x = model.sample(500)
+    v = 1.0 / (1.0 + 1.0 / s**2)
+    m = v * x / s**2
+    expected = 0.5 * (v + m**2 - 1.0 - math.log(v)).sum(1).mean()
+    assert metrics.kl_to_prior(model, x) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_mutual_information_close_to_the_true_value():
+    s = 2.0
+    model = LinearGaussian(k=2, s=s)
+    x = model.sample(4000, seed=1)
+    true_mi = 2 * 0.5 * math.log(1 + 1 / s**2)  # I(x; z) of the linear-Gaussian model
+    estimate = metrics.mutual_information(model, x, batch_size=1000)
+    assert estimate == pytest.approx(true_mi, abs=0.05)
+
+
+def test_iwae_is_exact_when_q_is_the_true_posterior():
+    s = 1.5
+    model = LinearGaussian(k=3, s=s)
+    x = model.sample(50)
+    ll = metrics.iwae_log_likelihood(model, x, n_samples=7, chunk_size=3)
+    marginal = D.Independent(D.Normal(torch.zeros(3), math.sqrt(1 + s**2)), 1).log_prob(x)
+    torch.testing.assert_close(ll, marginal, rtol=0, atol=1e-4)
+
+
+def test_iwae_with_a_poor_proposal_is_a_lower_bound_that_tightens():
+    model = LinearGaussian(k=2, s=1.0, blind=True)  # q = prior: a valid but poor proposal
+    x = model.sample(200, seed=3)
+    marginal = D.Independent(D.Normal(torch.zeros(2), math.sqrt(2.0)), 1).log_prob(x).mean()
+    torch.manual_seed(0)
+    few = metrics.iwae_log_likelihood(model, x, n_samples=1).mean()
+    many = metrics.iwae_log_likelihood(model, x, n_samples=2000).mean()
+    assert few < many < marginal + 0.01
+    assert float(marginal - many) < 0.05
+
+
+def test_cluster_accuracy_with_hungarian_matching():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    assert metrics.cluster_accuracy(labels, np.array([2, 2, 0, 0, 1, 1])) == 1.0
+    assert metrics.cluster_accuracy(labels, np.zeros(6)) == pytest.approx(2 / 6)
+    assert metrics.cluster_accuracy(labels, np.array([1, 1, 1, 0, 2, 2])) == pytest.approx(5 / 6)
+
+
+def test_collapse_report_has_every_metric():
+    model = LinearGaussian(k=2, s=1.0)
+    report = metrics.collapse_report(model, model.sample(300), iwae_samples=10)
+    assert set(report) == {"au", "kl", "mi", "log_likelihood"}
+    assert report["au"] == 1.0 and report["kl"] > 0.1 and report["mi"] > 0.1
+
+
+def test_bad_input_is_rejected_with_the_value_named():
+    model = LinearGaussian()
+    with pytest.raises(ValueError, match="threshold must be > 0, got -1"):
+        metrics.active_units(model, model.sample(10), threshold=-1)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer, got 0"):
+        metrics.iwae_log_likelihood(model, model.sample(10), n_samples=0)
+    with pytest.raises(ValueError, match=r"\(3,\) and \(2,\)"):
+        metrics.cluster_accuracy([0, 1, 1], [0, 1])

@@ -1,0 +1,114 @@
+"""The trainer: schemes, resumption from checkpoints, NaN handling, logs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lidvae_nb.data import pinwheel
+from lidvae_nb.models import ModelConfig, build_model
+from lidvae_nb.trainer import TrainConfig, Trainer
+
+X, _ = pinwheel(60, 5, seed=0)
+XV, _ = pinwheel(20, 5, seed=1)
+
+
+def small(name="vae", **kw):
+    torch.manual_seed(0)
+    return build_model(name, ModelConfig(data_dim=2, latent_dim=2, hidden=16, n_clusters=3, **kw))
+
+
+def config(**kw):
+    base = dict(epochs=2, batch_size=50, progress=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "name, scheme",
+    [
+        ("vae", "elbo"),
+        ("vae", "beta"),
+        ("vae", "anneal"),
+        ("vae", "lagging"),
+        ("vae", "savae"),
+        ("gmvae", "elbo"),
+        ("gmvae", "lagging"),
+    ],
+)
+def test_every_scheme_trains_and_lowers_the_loss(name, scheme):
+    model = small(name)
+    trainer = Trainer(
+        model, config(epochs=6, scheme=scheme, savae_steps=2, savae_lr=0.1, lagging_max_inner=5)
+    )
+    history = trainer.fit(X, XV)
+    assert len(history) == 6
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+    assert history[-1]["val_loss"] < Trainer(small(name), config()).evaluate(XV)["loss"]
+
+
+def test_beta_schedule():
+    t = Trainer(small(), config(scheme="anneal", anneal_epochs=2, anneal_start=0.2))
+    assert t.beta_at(0, 10) == pytest.approx(0.2)
+    assert t.beta_at(10, 10) == pytest.approx(0.6)
+    assert t.beta_at(100, 10) == 1.0
+    assert Trainer(small(), config(scheme="beta", beta=0.2)).beta_at(5, 10) == 0.2
+    assert Trainer(small(), config(scheme="elbo")).beta_at(5, 10) == 1.0
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    straight = Trainer(small(), config(epochs=4, checkpoint_dir=str(tmp_path / "a")))
+    straight.fit(X)
+    first = Trainer(small(), config(epochs=2, checkpoint_dir=str(tmp_path / "b")))
+    first.fit(X)
+    resumed = Trainer(small(), config(epochs=4, checkpoint_dir=str(tmp_path / "b")))
+    assert resumed.epoch == 2
+    resumed.fit(X)
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=f"parameter {name} differs after resuming")
+    lines = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_checkpoint_round_trip_restores_every_parameter(tmp_path):
+    trainer = Trainer(small("gmvae"), config(epochs=1, checkpoint_dir=str(tmp_path)))
+    trainer.fit(X)
+    fresh = Trainer(small("gmvae"), config(epochs=1, checkpoint_dir=str(tmp_path)))
+    for (name, a), (_, b) in zip(
+        trainer.model.state_dict().items(), fresh.model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    trainer = Trainer(small(), config(epochs=1, checkpoint_dir=str(tmp_path)))
+    trainer.fit(X)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    bad = X.clone()
+    bad[7, 0] = float("nan")
+    trainer.cfg.epochs = 2
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+ \(epoch 2\)"):
+        trainer.fit(bad)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+def test_a_checkpoint_from_another_run_is_refused(tmp_path):
+    Trainer(small(), config(epochs=1, checkpoint_dir=str(tmp_path))).fit(X)
+    with pytest.raises(ValueError, match="scheme='elbo'.*scheme='beta'"):
+        Trainer(small(), config(epochs=1, scheme="beta", checkpoint_dir=str(tmp_path)))
+
+
+def test_bad_configuration_is_rejected_with_the_value_named():
+    with pytest.raises(ValueError, match="scheme must be one of .* got 'magic'"):
+        TrainConfig(scheme="magic")
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="lr must be > 0, got -0.1"):
+        TrainConfig(lr=-0.1)
+    with pytest.raises(ValueError, match=r"train must be a non-empty \(N, D\) tensor"):
+        Trainer(small(), config()).fit(torch.zeros(5))
+    with pytest.raises(ValueError, match="'savae' refines a Gaussian q"):
+        Trainer(small("gmvae"), config(scheme="savae")).fit(X)
