@@ -45,6 +45,10 @@ book: $(STAMP)
 book-smoke: $(STAMP)
 	$(PY) .ci/book.py build --executed _build/smoke --out _build/smoke-book
 
+## make bench: step time of a VAE and of LIDVAE (autograd vs closed-form Brenier maps), and ratios.
+bench: $(STAMP)
+	$(PY) -m lidvae_nb.bench
+
 ## make lock: re-resolve every dependency in a scratch venv and rewrite constraints.txt.
 lock:
 	rm -rf _build/lockenv && $(PYTHON) -m venv _build/lockenv

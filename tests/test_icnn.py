@@ -330,3 +330,17 @@ def test_a_point_without_preimage_is_sent_to_a_kink_of_a_later_layer():
         pre_random = g.potential_net.preactivations(points(400, 2, seed=15))
     assert pre_random[1].abs().min(1).values.median().item() > 1e-2
     assert pre[0].shape == (int(gap.sum()), 16) and pre[-1].shape == (int(gap.sum()),)
+
+
+def test_set_gradient_switches_every_map_and_both_agree():
+    from lidvae_nb.icnn import InjectiveDecoder, set_gradient
+
+    torch.manual_seed(0)
+    dec = InjectiveDecoder(2, 5, width=8, depth=2).double()
+    z = torch.randn(6, 2, dtype=torch.float64)
+    closed = dec(z)
+    set_gradient(dec, "autograd")
+    assert dec.g1.gradient == dec.g2.gradient == "autograd"
+    torch.testing.assert_close(dec(z), closed, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="gradient must be one of .* got 'numeric'"):
+        set_gradient(dec, "numeric")
