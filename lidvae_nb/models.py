@@ -38,6 +38,18 @@ def _flat(f, z: torch.Tensor) -> torch.Tensor:
     return f(z.reshape(-1, z.shape[-1])).reshape(*lead, -1)
 
 
+def _check_data(cfg: ModelConfig, x: torch.Tensor) -> None:
+    """x must be (B, D); under a Bernoulli likelihood its values must lie in [0, 1]."""
+    if x.dim() != 2 or x.shape[1] != cfg.data_dim:
+        raise ValueError(f"x must have shape (B, {cfg.data_dim}), got {tuple(x.shape)}")
+    if cfg.likelihood == "bernoulli":
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"a Bernoulli likelihood needs data in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
+            )
+
+
 def mlp(sizes: list[int], activation=nn.ReLU) -> nn.Sequential:
     """Linear layers with ``activation`` between them (none after the last)."""
     layers: list[nn.Module] = []
@@ -77,11 +89,6 @@ class ModelConfig:
             )
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if self.latent_dim > self.data_dim:
-            raise ValueError(
-                f"latent_dim ({self.latent_dim}) must not exceed data_dim ({self.data_dim}): "
-                "the injective decoder maps R^K into R^D with K <= D"
-            )
 
 
 class AffineCoupling(D.Transform, nn.Module):
@@ -173,6 +180,11 @@ class MLPDecoder(nn.Module):
 def _injective_decoder(cfg: ModelConfig) -> nn.Module:
     from lidvae_nb.icnn import InjectiveDecoder
 
+    if cfg.latent_dim > cfg.data_dim:
+        raise ValueError(
+            f"latent_dim ({cfg.latent_dim}) must not exceed data_dim ({cfg.data_dim}): "
+            "the injective decoder maps R^K into R^D with K <= D"
+        )
     return InjectiveDecoder(
         cfg.latent_dim,
         cfg.data_dim,
@@ -217,8 +229,7 @@ class VAE(nn.Module):
         return MLPDecoder(cfg.latent_dim, cfg.data_dim, cfg.hidden, cfg.decoder_depth)
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.cfg.data_dim:
-            raise ValueError(f"x must have shape (B, {self.cfg.data_dim}), got {tuple(x.shape)}")
+        _check_data(self.cfg, x)
 
     def prior(self) -> D.Distribution:
         return D.Independent(D.Normal(self._zeros, torch.ones_like(self._zeros)), 1)
@@ -280,8 +291,7 @@ class GMVAE(nn.Module):
         return MLPDecoder(cfg.latent_dim, cfg.data_dim, cfg.hidden, cfg.decoder_depth)
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.cfg.data_dim:
-            raise ValueError(f"x must have shape (B, {self.cfg.data_dim}), got {tuple(x.shape)}")
+        _check_data(self.cfg, x)
 
     def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x), (B, C)."""

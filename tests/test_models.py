@@ -94,9 +94,14 @@ def test_bad_configuration_and_input_are_rejected():
     with pytest.raises(ValueError, match="likelihood must be one of .* got 'poisson'"):
         cfg(likelihood="poisson")
     with pytest.raises(ValueError, match=r"latent_dim \(7\) must not exceed data_dim \(6\)"):
-        cfg(latent_dim=7)
+        build_model("lidvae", cfg(latent_dim=7))
+    assert build_model("vae", cfg(latent_dim=7)).loss(X)["loss"].isfinite()
     with pytest.raises(ValueError, match="model must be one of .* got 'vqvae'"):
         build_model("vqvae", cfg())
     with pytest.raises(ValueError, match=r"x must have shape \(B, 6\), got \(12, 5\)"):
         build_model("vae", cfg()).encode(X[:, :5])
+    with pytest.raises(
+        ValueError, match=r"Bernoulli likelihood needs data in \[0, 1\], got values in"
+    ):
+        build_model("gmvae", cfg()).loss(X * 10 - 3)
     assert isinstance(build_model("gmvae", cfg()).prior(), D.MixtureSameFamily)
