@@ -4,6 +4,7 @@ Each case builds a one-chapter book with the project's own _config.yml through t
 that `make book` runs (.ci/book.py build).
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,9 @@ kernelspec:
 """
 
 CHAPTERS = {
-    "good": HEADER + "(ch:good)=\n# Good\n\n```{code-cell} ipython3\nprint(6 * 7)\n```\n",
+    "good": HEADER
+    + "(ch:good)=\n# Good\n\n```{code-cell} ipython3\nprint(6 * 7)\n```\n\n"
+    + "```{code-cell} ipython3\nimport matplotlib.pyplot as plt\n\nplt.plot([0, 1])\nplt.show()\n```\n",
     "raises": HEADER
     + "# Raises\n\n```{code-cell} ipython3\nraise RuntimeError('deliberately broken cell')\n```\n",
     "broken_ref": HEADER
@@ -56,6 +59,9 @@ def test_a_good_chapter_builds(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     html = (tmp_path / "_build" / "html" / "chapter.html").read_text()
     assert "42" in html
+    # Figures must reach the page: a non-interactive MPLBACKEND in the environment would make
+    # plt.show() a no-op inside the kernel and silently drop every figure of the book.
+    assert re.search(r'<img[^>]+src="[^"]+\.png"', html), "the chapter's figure is missing"
 
 
 @pytest.mark.parametrize(
