@@ -29,7 +29,8 @@ kernelspec:
 CHAPTERS = {
     "good": HEADER
     + "(ch:good)=\n# Good\n\n```{code-cell} ipython3\nprint(6 * 7)\n```\n\n"
-    + "```{code-cell} ipython3\nimport matplotlib.pyplot as plt\n\nplt.plot([0, 1])\nplt.show()\n```\n",
+    + "```{code-cell} ipython3\nimport matplotlib.pyplot as plt\n\n"
+    + "plt.plot([0, 1])\nplt.show()\n```\n",
     "raises": HEADER
     + "# Raises\n\n```{code-cell} ipython3\nraise RuntimeError('deliberately broken cell')\n```\n",
     "broken_ref": HEADER
