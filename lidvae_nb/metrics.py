@@ -1,5 +1,6 @@
 """Collapse metrics, shared by every chapter: active units, KL to the prior, mutual information,
-importance-weighted log-likelihood and cluster accuracy.
+importance-weighted log-likelihood and cluster accuracy; and the mean correlation coefficient
+(MCC) between the latents of two training runs, which measures run-to-run stability.
 
 The functions work with any model that exposes
 
@@ -166,14 +167,32 @@ def cluster_accuracy(labels, clusters) -> float:
 
 
 @torch.no_grad()
+def cluster_information(probs: torch.Tensor) -> tuple[float, float]:
+    """``(I(y; x), mean H(q(y | x)))`` in nats from the rows q(y | x_i) of ``probs`` (N, C).
+
+    I(y; x) = H(mean_i q(y | x_i)) - mean_i H(q(y | x_i)) is the mutual information between the
+    data and the categorical latent under the encoder: zero exactly when q(y | x) is the same for
+    every x (a collapsed label), at most log C.
+    """
+    if probs.dim() != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must be (N, C) with N >= 1, got shape {tuple(probs.shape)}")
+    total = probs.sum(1)
+    if probs.min() < 0 or not torch.allclose(total, torch.ones_like(total), atol=1e-4):
+        raise ValueError("each row of probs must be a probability vector (non-negative, sum 1)")
+    mean_entropy = D.Categorical(probs=probs).entropy().mean()
+    return float(D.Categorical(probs=probs.mean(0)).entropy() - mean_entropy), float(mean_entropy)
+
+
+@torch.no_grad()
 def collapse_report(
     model, data, *, iwae_samples: int = 500, batch_size: int = 500, labels=None
 ) -> dict[str, float]:
     """Every collapse metric of the model on ``data`` (held-out data, as in Table 1), in one dict.
 
     Keys: ``au`` (fraction), ``kl``, ``mi``, ``log_likelihood`` (IWAE, mean per point; skipped with
-    ``iwae_samples=0``) and, for models with ``cluster_probs(x)`` and given ``labels``,
-    ``cluster_accuracy`` and ``cluster_entropy`` (mean entropy of q(y | x), in nats).
+    ``iwae_samples=0``) and, for models with ``cluster_probs(x)``,
+    ``cluster_mi`` (I(y; x) under the encoder, :func:`cluster_information`), ``cluster_entropy``
+    (mean entropy of q(y | x), in nats) and, given ``labels``, ``cluster_accuracy``.
     """
     was_training = model.training
     model.eval()
@@ -188,10 +207,81 @@ def collapse_report(
             report["log_likelihood"] = float(ll.mean())
         if hasattr(model, "cluster_probs"):
             probs = torch.cat([model.cluster_probs(x) for x in _batches(data, batch_size)])
-            entropy = D.Categorical(probs=probs).entropy().mean()
-            report["cluster_entropy"] = float(entropy)
+            report["cluster_mi"], report["cluster_entropy"] = cluster_information(probs)
             if labels is not None:
                 report["cluster_accuracy"] = cluster_accuracy(labels, probs.argmax(1).cpu().numpy())
     finally:
         model.train(was_training)
     return report
+
+
+def _standardise_latent(name: str, z) -> np.ndarray:
+    z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] < 2 or z.shape[1] < 1:
+        raise ValueError(f"{name} must have shape (N, K) with N >= 2 and K >= 1, got {z.shape}")
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"{name} must be finite, got NaN or inf entries")
+    sd = z.std(axis=0)
+    flat = np.flatnonzero(sd <= 1e-12 * (1.0 + np.abs(z).max(axis=0)))
+    if flat.size:
+        raise ValueError(f"{name} has constant columns {flat.tolist()}: correlation is undefined")
+    return (z - z.mean(axis=0)) / sd
+
+
+def mean_correlation_coefficient(z1, z2, kind: str = "strong") -> float:
+    """Mean correlation coefficient (MCC) between two representations of the same N points.
+
+    ``z1`` (N, K1) and ``z2`` (N, K2), for example the posterior means of two training runs on
+    the same held-out data. Two kinds, as in Khemakhem et al. (2020) and Kivva et al. (2022):
+
+    * ``"strong"``: the absolute Pearson correlations between the columns of z1 and of z2,
+      matched one to one so that their sum is largest (Hungarian algorithm); the mean over the
+      min(K1, K2) matched pairs. It is 1 when z2 is z1 up to a permutation, rescaling (signs
+      included) and shift of its coordinates.
+    * ``"weak"``: the mean of the min(K1, K2) canonical correlations (CCA): the MCC after the
+      best linear map of each side, hence 1 when z2 is any invertible affine image of z1.
+
+    Both are near 0 for independent representations (for "weak", about sqrt(K / N) from
+    in-sample fitting).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if kind not in ("strong", "weak"):
+        raise ValueError(f"kind must be 'strong' or 'weak', got {kind!r}")
+    a, b = _standardise_latent("z1", z1), _standardise_latent("z2", z2)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"z1 and z2 must describe the same points: got {a.shape[0]} and {b.shape[0]} rows"
+        )
+    n = a.shape[0]
+    if kind == "strong":
+        corr = np.abs(a.T @ b / n)
+        rows, cols = linear_sum_assignment(-corr)
+        return float(corr[rows, cols].mean())
+    # Canonical correlations: singular values of Q_a^T Q_b for orthonormal bases of the columns.
+    qa, ra = np.linalg.qr(a)
+    qb, rb = np.linalg.qr(b)
+    for name, r in (("z1", ra), ("z2", rb)):
+        d = np.abs(np.diag(r))
+        if d.min() <= 1e-10 * d.max():
+            raise ValueError(
+                f"{name} has linearly dependent columns: canonical correlations need "
+                "full column rank"
+            )
+    rho = np.linalg.svd(qa.T @ qb, compute_uv=False)
+    return float(np.clip(rho, 0.0, 1.0).mean())
+
+
+def pairwise_mcc(latents, kind: str = "strong") -> np.ndarray:
+    """:func:`mean_correlation_coefficient` of every pair (i < j) of a list of representations
+    of the same points (one per training run): an array of len(latents) * (len - 1) / 2 values."""
+    latents = list(latents)
+    if len(latents) < 2:
+        raise ValueError(f"need at least 2 representations, got {len(latents)}")
+    return np.array(
+        [
+            mean_correlation_coefficient(latents[i], latents[j], kind)
+            for i in range(len(latents))
+            for j in range(i + 1, len(latents))
+        ]
+    )

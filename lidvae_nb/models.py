@@ -67,6 +67,10 @@ class ModelConfig:
     ``decoder_depth`` counts hidden layers of the MLP decoder, or of each ICNN in the injective
     decoder; ``n_clusters`` is used by the mixture models only; ``flow_layers`` > 0 adds RealNVP
     coupling layers to q(z | x) (the paper's flexible family for images).
+
+    ``fixed_prior_means`` (mixture models only) fixes the component means at distinct points
+    instead of learning them, as Wang et al.'s Example 1 does (see :func:`spread_means`); the
+    component scales stay learned.
     """
 
     data_dim: int
@@ -78,6 +82,7 @@ class ModelConfig:
     n_clusters: int = 5
     flow_layers: int = 0
     icnn_alpha: float = 0.1
+    fixed_prior_means: bool = False
 
     def __post_init__(self):
         for name in ("data_dim", "latent_dim", "hidden", "encoder_depth", "decoder_depth"):
@@ -268,9 +273,34 @@ class LIDVAE(VAE):
         return _injective_decoder(cfg)
 
 
+def spread_means(n_clusters: int, latent_dim: int, radius: float = 2.0) -> torch.Tensor:
+    """Distinct, equally long component means, (C, K).
+
+    With ``latent_dim >= n_clusters`` these are ``radius`` times the unit vectors e_1, ..., e_C
+    (the zero-one matrix beta_1 of Wang et al.'s Example 1, scaled); otherwise C points evenly
+    spaced on a circle of that radius in the first two coordinates, or on the segment
+    [-radius, radius] when the latent is one-dimensional.
+    """
+    c, k = _positive_int("n_clusters", n_clusters), _positive_int("latent_dim", latent_dim)
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius!r}")
+    means = torch.zeros(c, k)
+    if k >= c:
+        means[torch.arange(c), torch.arange(c)] = radius
+    elif k == 1:
+        means[:, 0] = torch.linspace(-radius, radius, c)
+    else:
+        angle = torch.arange(c) * 2 * math.pi / c
+        means[:, 0], means[:, 1] = radius * torch.cos(angle), radius * torch.sin(angle)
+    return means
+
+
 class GMVAE(nn.Module):
     """Gaussian-mixture VAE: y ~ Categorical(1/C), z | y ~ N(mu_y, diag softplus(s_y)),
-    x | z ~ EF(f(z)); q(y | x) q(z | x, y), with y summed out exactly in the ELBO."""
+    x | z ~ EF(f(z)); q(y | x) q(z | x, y), with y summed out exactly in the ELBO.
+
+    The means mu_y start at 2 * N(0, I) and are learned, or are fixed by
+    ``ModelConfig.fixed_prior_means`` (:func:`spread_means`)."""
 
     injective = False
 
@@ -282,7 +312,10 @@ class GMVAE(nn.Module):
         self.encoder = GaussianEncoder(
             cfg.data_dim + c, k, cfg.hidden, cfg.encoder_depth, cfg.flow_layers
         )
-        self.prior_means = nn.Parameter(2.0 * torch.randn(c, k))
+        if cfg.fixed_prior_means:
+            self.register_buffer("prior_means", spread_means(c, k))
+        else:
+            self.prior_means = nn.Parameter(2.0 * torch.randn(c, k))
         self.prior_raw_scales = nn.Parameter(torch.zeros(c, k))
         self.decoder = self._make_decoder(cfg)
         self.lik = _Likelihood(cfg.likelihood, cfg.data_dim)
@@ -327,6 +360,28 @@ class GMVAE(nn.Module):
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.decode(z).log_prob(x)
 
+    @torch.no_grad()
+    def label_posterior(self, x: torch.Tensor, n_samples: int = 200) -> torch.Tensor:
+        """The model's own posterior p(y | x) ∝ p(y) p(x | y), (B, C), not the encoder's q(y | x).
+
+        ``log p(x | y) = log E_{p(z|y)} p(x | z)`` is estimated by importance sampling with
+        q(z | x, y) as the proposal (``n_samples`` draws per point and cluster), so the answer
+        depends on the encoder only through the estimator's variance. Comparing it with
+        :meth:`cluster_probs` separates a non-identifiable label (p(y | x) = p(y)) from an
+        encoder that failed to find an informative posterior (q(y | x) = p(y) != p(y | x)).
+        """
+        self._check(x)
+        n_samples = _positive_int("n_samples", n_samples)
+        qz = self._q_z_given_xy(x)  # batch (B, C)
+        z = qz.sample((n_samples,))  # (S, B, C, K)
+        log_w = (
+            self.log_likelihood(x.unsqueeze(1), z)
+            + self._component_priors().log_prob(z)
+            - qz.log_prob(z)
+        )
+        log_px_y = torch.logsumexp(log_w, 0) - math.log(n_samples)  # (B, C)
+        return F.softmax(log_px_y, -1)  # the prior over y is uniform
+
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict:
         """Negative ELBO, y summed out: E_q(y|x)[rec + KL(q(z|x,y) || p(z|y))] + KL(q(y|x) || p(y)).
 
@@ -359,11 +414,141 @@ class LIDGMVAE(GMVAE):
         return _injective_decoder(cfg)
 
 
-MODELS = {"vae": VAE, "lidvae": LIDVAE, "gmvae": GMVAE, "lidgmvae": LIDGMVAE}
+class VaDE(nn.Module):
+    """Variational deep embedding (Jiang et al., 2016), the mixture VAE of Kivva et al.'s Sec. 4.
+
+    c ~ Categorical(pi), z | c ~ N(mu_c, diag s_c^2) with pi, mu and s learned, x | z ~ EF(f(z))
+    with an MLP f: the model (P1)-(F1) of Kivva et al. The encoder gives q(z | x) only; the
+    cluster posterior is q(c | x) = gamma = p(c | z) at the sampled z, as in VaDE, so that
+    the negative ELBO is rec + sum_c gamma_c KL(q(z | x) || p(z | c)) + KL(gamma || pi).
+    :meth:`pretrain` gives VaDE's usual start: an autoencoder, then the mixture fitted to its
+    codes by EM (:meth:`init_prior`).
+    """
+
+    injective = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, k = cfg.n_clusters, cfg.latent_dim
+        self.encoder = GaussianEncoder(
+            cfg.data_dim, k, cfg.hidden, cfg.encoder_depth, cfg.flow_layers
+        )
+        self.decoder = MLPDecoder(k, cfg.data_dim, cfg.hidden, cfg.decoder_depth)
+        self.lik = _Likelihood(cfg.likelihood, cfg.data_dim)
+        self.prior_logits = nn.Parameter(torch.zeros(c))
+        self.prior_means = nn.Parameter(2.0 * torch.randn(c, k))
+        self.prior_raw_scales = nn.Parameter(torch.zeros(c, k))
+
+    def _check(self, x: torch.Tensor) -> None:
+        _check_data(self.cfg, x)
+
+    def _component_priors(self) -> D.Distribution:
+        return D.Independent(
+            D.Normal(self.prior_means, F.softplus(self.prior_raw_scales) + 1e-4), 1
+        )
+
+    def prior(self) -> D.Distribution:
+        return D.MixtureSameFamily(
+            D.Categorical(logits=self.prior_logits), self._component_priors()
+        )
+
+    def encode(self, x: torch.Tensor) -> D.Distribution:
+        self._check(x)
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> D.Distribution:
+        """p(x | z) for z (..., K): batch shape (...), event (D,)."""
+        return self.lik(_flat(self.decoder, z))
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z).log_prob(x)
+
+    def _log_joint_c(self, z: torch.Tensor) -> torch.Tensor:
+        """log pi_c + log p(z | c) for z (..., K): (..., C)."""
+        log_pi = F.log_softmax(self.prior_logits, -1)
+        return log_pi + self._component_priors().log_prob(z.unsqueeze(-2))
+
+    def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """p(c | z) at the encoder's mean of z: (B, C)."""
+        q = self.encode(x)
+        z = q.mean if len(self.encoder.flows) == 0 else q.sample((64,)).mean(0)
+        return F.softmax(self._log_joint_c(z), -1)
+
+    @torch.no_grad()
+    def init_prior(self, z: torch.Tensor, seed: int = 0) -> None:
+        """Set pi, mu and s to a diagonal Gaussian mixture fitted to codes z (N, K) by EM."""
+        from lidvae_nb.gmm import fit_em
+
+        z = torch.as_tensor(z)
+        if z.dim() != 2 or z.shape[1] != self.cfg.latent_dim:
+            raise ValueError(f"z must have shape (N, {self.cfg.latent_dim}), got {tuple(z.shape)}")
+        fit = fit_em(
+            z.detach().cpu().double().numpy(),
+            self.cfg.n_clusters,
+            "learn",
+            seed=seed,
+            reg=1e-6,
+            n_iter=300,
+            tol=1e-8,
+        )
+        like = self.prior_means
+        self.prior_means.copy_(torch.as_tensor(fit.means, dtype=like.dtype))
+        var = torch.as_tensor(fit.covs.diagonal(axis1=1, axis2=2).copy(), dtype=like.dtype)
+        scale = (var.sqrt() - 1e-4).clamp_min(1e-3)
+        self.prior_raw_scales.copy_(scale + torch.log(-torch.expm1(-scale)))
+        self.prior_logits.copy_(torch.as_tensor(fit.weights, dtype=like.dtype).log())
+
+    def pretrain(
+        self, x: torch.Tensor, epochs: int = 50, beta: float = 0.05, seed: int = 0, **train
+    ) -> list[dict]:
+        """Train encoder and decoder as a nearly deterministic autoencoder (a VAE whose KL term
+        is weighted by ``beta``), copy them here and fit the mixture prior to the codes of ``x``.
+
+        Extra keyword arguments go to :class:`lidvae_nb.trainer.TrainConfig`. Returns the
+        autoencoder's training history.
+        """
+        from lidvae_nb.metrics import posterior_mean
+        from lidvae_nb.trainer import TrainConfig, Trainer
+
+        autoencoder = VAE(self.cfg)
+        config = TrainConfig(epochs=epochs, scheme="beta", beta=beta, seed=seed, **train)
+        history = Trainer(autoencoder, config).fit(x)
+        for name in ("encoder", "decoder", "lik"):
+            getattr(self, name).load_state_dict(getattr(autoencoder, name).state_dict())
+        device = next(autoencoder.parameters()).device
+        with torch.no_grad():
+            codes = torch.cat(
+                [posterior_mean(autoencoder.encode(b.to(device))).cpu() for b in x.split(1000)]
+            )
+        self.init_prior(codes, seed=seed)
+        return history
+
+    def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict:
+        """Negative ELBO with gamma = p(c | z) at one reparameterised sample z ~ q(z | x)."""
+        q = self.encode(x)
+        z = q.rsample()
+        rec = -self.log_likelihood(x, z)
+        log_joint = self._log_joint_c(z)  # (B, C)
+        if len(self.encoder.flows) == 0:
+            gamma = F.softmax(log_joint, -1)
+            log_gamma = F.log_softmax(log_joint, -1)
+            base = q.base_dist
+            q_wide = D.Independent(D.Normal(base.loc.unsqueeze(1), base.scale.unsqueeze(1)), 1)
+            kl_z = D.kl_divergence(q_wide, self._component_priors())  # (B, C)
+            log_pi = F.log_softmax(self.prior_logits, -1)
+            kl = (gamma * kl_z).sum(-1) + (gamma * (log_gamma - log_pi)).sum(-1)
+        else:
+            # With gamma = p(c | z), sum_c gamma_c [log pi_c p(z | c) - log gamma_c] = log p(z).
+            kl = q.log_prob(z) - torch.logsumexp(log_joint, -1)
+        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+
+
+MODELS = {"vae": VAE, "lidvae": LIDVAE, "gmvae": GMVAE, "lidgmvae": LIDGMVAE, "vade": VaDE}
 
 
 def build_model(name: str, cfg: ModelConfig) -> nn.Module:
-    """A model by name: one of ``MODELS`` ('vae', 'lidvae', 'gmvae', 'lidgmvae')."""
+    """A model by name: one of ``MODELS`` ('vae', 'lidvae', 'gmvae', 'lidgmvae', 'vade')."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name](cfg)

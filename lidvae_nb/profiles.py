@@ -11,10 +11,9 @@ rather than in edits to each notebook.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
-
-import tomllib
 
 PROFILES = ("smoke", "book", "full")
 

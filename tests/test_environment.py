@@ -1,10 +1,10 @@
 """environment.yml (Binder), pyproject.toml and constraints.txt must agree, so they cannot drift."""
 
 import re
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

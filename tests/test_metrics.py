@@ -101,6 +101,22 @@ def test_cluster_accuracy_with_hungarian_matching():
     assert metrics.cluster_accuracy(labels, np.array([1, 1, 1, 0, 2, 2])) == pytest.approx(5 / 6)
 
 
+def test_cluster_information_on_known_encoders():
+    n, c = 400, 4
+    uniform = torch.full((n, c), 1 / c)  # ignores x: a collapsed label
+    mi, entropy = metrics.cluster_information(uniform)
+    assert abs(mi) < 1e-6 and entropy == pytest.approx(math.log(c))
+    onehot = torch.eye(c).repeat(n // c, 1)  # certain, all clusters used equally: I = log C
+    mi, entropy = metrics.cluster_information(onehot)
+    assert mi == pytest.approx(math.log(c), abs=1e-6) and abs(entropy) < 1e-6
+    same = torch.eye(c)[torch.zeros(n, dtype=torch.long)]  # certain but constant: I = 0
+    assert abs(metrics.cluster_information(same)[0]) < 1e-6
+    with pytest.raises(ValueError, match="probability vector"):
+        metrics.cluster_information(torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"\(N, C\) with N >= 1, got shape \(3,\)"):
+        metrics.cluster_information(torch.ones(3))
+
+
 def test_collapse_report_has_every_metric():
     model = LinearGaussian(k=2, s=1.0)
     report = metrics.collapse_report(model, model.sample(300), iwae_samples=10)
@@ -116,3 +132,69 @@ def test_bad_input_is_rejected_with_the_value_named():
         metrics.iwae_log_likelihood(model, model.sample(10), n_samples=0)
     with pytest.raises(ValueError, match=r"\(3,\) and \(2,\)"):
         metrics.cluster_accuracy([0, 1, 1], [0, 1])
+
+
+# ---------------------------------------------------------------------------- run-to-run MCC
+def _independent_latent(n=4000, k=3, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, k))
+
+
+def test_mcc_of_a_permuted_rescaled_shifted_copy_is_one():
+    z = _independent_latent()
+    copy = z[:, [2, 0, 1]] * np.array([-3.0, 0.5, 7.0]) + np.array([1.0, -2.0, 0.3])
+    for kind in ("strong", "weak"):
+        assert metrics.mean_correlation_coefficient(z, copy, kind) == pytest.approx(1, abs=1e-12)
+    # torch tensors are accepted, and a copy of fewer dimensions is matched one to one
+    sub = torch.as_tensor(z[:, [2, 0]] * 4.0)
+    assert metrics.mean_correlation_coefficient(z, sub, "strong") == pytest.approx(1, abs=1e-12)
+
+
+def test_mcc_of_independent_latents_is_near_zero():
+    a, b = _independent_latent(seed=1), _independent_latent(seed=2)
+    assert metrics.mean_correlation_coefficient(a, b, "strong") < 0.05
+    assert metrics.mean_correlation_coefficient(a, b, "weak") < 0.05
+
+
+def test_mcc_of_a_rotation_is_cos_theta_strong_and_one_weak():
+    """Independent standardised coordinates rotated by theta: corr(z_i, z'_i) = cos theta."""
+    theta = np.pi / 6
+    z = _independent_latent(n=20000, k=2, seed=3)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    strong = metrics.mean_correlation_coefficient(z, z @ rot.T, "strong")
+    assert strong == pytest.approx(np.cos(theta), abs=0.02)
+    assert metrics.mean_correlation_coefficient(z, z @ rot.T, "weak") == pytest.approx(1, abs=1e-12)
+
+
+def test_weak_mcc_is_one_for_any_invertible_affine_map_and_strong_follows_the_mixing():
+    """For independent coordinates of equal variance, corr(z_i, (A z)_j) = A_ji / |A_j|."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0], [2.0, 0.0, 1.0]])
+    z = _independent_latent(n=20000, seed=4)
+    mixed = z @ a.T + 5.0
+    assert metrics.mean_correlation_coefficient(z, mixed, "weak") == pytest.approx(1, abs=1e-10)
+    corr = np.abs(a.T / np.linalg.norm(a, axis=1))
+    rows, cols = linear_sum_assignment(-corr)
+    expected = corr[rows, cols].mean()
+    strong = metrics.mean_correlation_coefficient(z, mixed, "strong")
+    assert expected < 0.95 and strong == pytest.approx(expected, abs=0.02)
+
+
+def test_pairwise_mcc_and_bad_input():
+    z = _independent_latent(n=500)
+    values = metrics.pairwise_mcc([z, 2 * z, z[:, ::-1]], "strong")
+    np.testing.assert_allclose(values, np.ones(3), atol=1e-12)
+    with pytest.raises(ValueError, match="kind must be 'strong' or 'weak', got 'medium'"):
+        metrics.mean_correlation_coefficient(z, z, "medium")
+    with pytest.raises(ValueError, match="got 500 and 499 rows"):
+        metrics.mean_correlation_coefficient(z, z[1:])
+    constant = z.copy()
+    constant[:, 1] = 3.0
+    with pytest.raises(ValueError, match=r"z2 has constant columns \[1\]"):
+        metrics.mean_correlation_coefficient(z, constant)
+    with pytest.raises(ValueError, match="linearly dependent columns"):
+        metrics.mean_correlation_coefficient(np.c_[z, z[:, 0] + z[:, 1]], z, "weak")
+    with pytest.raises(ValueError, match=r"z1 must have shape \(N, K\)"):
+        metrics.mean_correlation_coefficient(z[:, 0], z)
+    with pytest.raises(ValueError, match="at least 2 representations, got 1"):
+        metrics.pairwise_mcc([z])

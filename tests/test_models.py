@@ -5,7 +5,7 @@ import torch
 from torch import distributions as D
 
 from lidvae_nb import metrics
-from lidvae_nb.models import MODELS, ModelConfig, build_model
+from lidvae_nb.models import MODELS, ModelConfig, build_model, spread_means
 
 X = torch.rand(12, 6).bernoulli()
 
@@ -90,6 +90,64 @@ def test_a_classical_decoder_can_be_flat_in_z():
     torch.testing.assert_close(a.log_prob(X[:3]), b.log_prob(X[:3]))
 
 
+@pytest.mark.parametrize(("c", "k"), [(5, 2), (3, 4), (3, 3), (4, 1)])
+def test_spread_means_are_distinct_and_equally_long(c, k):
+    means = spread_means(c, k, radius=1.5)
+    assert means.shape == (c, k)
+    gaps = torch.cdist(means, means) + torch.eye(c) * 1e9
+    assert gaps.min() > 0.5
+    if k > 1:
+        torch.testing.assert_close(means.norm(dim=1), torch.full((c,), 1.5))
+    if k >= c:  # the zero-one matrix of Example 1, scaled
+        torch.testing.assert_close(means, 1.5 * torch.eye(c, k))
+    with pytest.raises(ValueError, match="radius must be > 0, got 0"):
+        spread_means(c, k, radius=0)
+
+
+@pytest.mark.parametrize("name", ["gmvae", "lidgmvae"])
+def test_fixed_prior_means_are_not_learned(name):
+    model = build_model(name, cfg(fixed_prior_means=True))
+    assert "prior_means" not in dict(model.named_parameters())
+    before = model.prior_means.clone()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model.loss(X)["loss"].backward()
+    opt.step()
+    torch.testing.assert_close(model.prior_means, before)
+    torch.testing.assert_close(before, spread_means(3, 2))
+    assert "prior_means" in model.state_dict()  # saved with the model
+    learned = build_model(name, cfg())
+    assert "prior_means" in dict(learned.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["gmvae", "lidgmvae"])
+def test_label_posterior_matches_quadrature(name):
+    """p(y | x) by importance sampling against a 1-d integral over z on a fine grid."""
+    torch.manual_seed(0)
+    model = build_model(
+        name,
+        ModelConfig(
+            data_dim=2,
+            latent_dim=1,
+            hidden=16,
+            n_clusters=3,
+            likelihood="gaussian",
+            fixed_prior_means=True,
+        ),
+    ).double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    grid = torch.linspace(-10, 10, 20001, dtype=torch.float64).unsqueeze(-1)  # (G, 1)
+    with torch.no_grad():
+        log_lik = model.log_likelihood(x.unsqueeze(1), grid.unsqueeze(0))  # (B, G)
+        log_prior = model._component_priors().log_prob(grid.unsqueeze(1))  # (G, C)
+        joint = log_lik.unsqueeze(-1) + log_prior.unsqueeze(0)  # (B, G, C)
+        exact = torch.softmax(torch.logsumexp(joint, 1), -1)
+    estimate = model.label_posterior(x, n_samples=20000)
+    torch.testing.assert_close(estimate, exact, atol=0.02, rtol=0)
+    assert (exact.max(1).values > 0.5).any()  # an informative posterior: the test has teeth
+    with pytest.raises(ValueError, match="n_samples must be a positive integer, got 0"):
+        model.label_posterior(x, n_samples=0)
+
+
 def test_bad_configuration_and_input_are_rejected():
     with pytest.raises(ValueError, match="likelihood must be one of .* got 'poisson'"):
         cfg(likelihood="poisson")
@@ -105,3 +163,63 @@ def test_bad_configuration_and_input_are_rejected():
     ):
         build_model("gmvae", cfg()).loss(X * 10 - 3)
     assert isinstance(build_model("gmvae", cfg()).prior(), D.MixtureSameFamily)
+
+
+# ---------------------------------------------------------------------------- VaDE
+def test_vade_with_one_cluster_is_a_vae_with_a_learned_gaussian_prior():
+    """C = 1: gamma = 1, so the KL is KL(q(z | x) || N(mu_1, s_1^2)) in closed form."""
+    torch.manual_seed(0)
+    model = build_model("vade", cfg(n_clusters=1))
+    q = model.encode(X)
+    comp = model._component_priors().base_dist
+    expected = D.kl_divergence(q, D.Independent(D.Normal(comp.loc[0], comp.scale[0]), 1))
+    torch.testing.assert_close(model.loss(X)["kl"], expected.detach())
+
+
+def test_vade_cluster_probs_are_the_prior_posterior_at_the_encoder_mean():
+    torch.manual_seed(0)
+    model = build_model("vade", cfg())
+    with torch.no_grad():
+        probs = model.cluster_probs(X)
+        z = model.encode(X).mean
+        weights = model.prior().mixture_distribution.probs
+        comp = model._component_priors()
+        joint = weights * comp.log_prob(z.unsqueeze(1)).exp()
+    torch.testing.assert_close(probs, joint / joint.sum(1, keepdim=True))
+
+
+def test_vade_init_prior_recovers_a_known_mixture():
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[-4.0, 0.0], [3.0, 3.0]])
+    labels = (torch.rand(4000, generator=g) < 0.3).long()
+    z = means[labels] + torch.tensor([0.5, 1.0]) * torch.randn(4000, 2, generator=g)
+    model = build_model("vade", cfg(n_clusters=2))
+    model.init_prior(z)
+    prior = model.prior()
+    order = prior.component_distribution.mean[:, 0].argsort()
+    torch.testing.assert_close(prior.component_distribution.mean[order], means, atol=0.1, rtol=0)
+    torch.testing.assert_close(
+        prior.component_distribution.stddev[order],
+        torch.tensor([[0.5, 1.0]] * 2),
+        atol=0.05,
+        rtol=0,
+    )
+    torch.testing.assert_close(
+        prior.mixture_distribution.probs[order], torch.tensor([0.7, 0.3]), atol=0.03, rtol=0
+    )
+    with pytest.raises(ValueError, match=r"z must have shape \(N, 2\), got \(10, 3\)"):
+        model.init_prior(torch.zeros(10, 3))
+
+
+def test_vade_pretraining_copies_the_autoencoder_and_fits_the_prior():
+    torch.manual_seed(0)
+    model = build_model("vade", cfg(likelihood="gaussian", data_dim=2, n_clusters=2))
+    x = torch.cat([torch.randn(60, 2) * 0.1 - 2, torch.randn(60, 2) * 0.1 + 2])
+    history = model.pretrain(x, epochs=2, batch_size=40, progress=False)
+    assert len(history) == 2
+    with torch.no_grad():
+        codes = model.encode(x).mean
+    # the two fitted components sit on the codes of the two blobs
+    probs = model.cluster_probs(x).argmax(1)
+    assert metrics.cluster_accuracy([0] * 60 + [1] * 60, probs.tolist()) == 1.0
+    assert torch.isfinite(codes).all()
