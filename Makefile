@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv test unit chapters nbval book book-smoke bench lint lock clean distclean
+.PHONY: venv test unit chapters nbval book book-smoke browser-check bench lint lock clean distclean
 
 venv: $(STAMP)
 
@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(MAKE) lint unit chapters nbval
 
 lint: $(STAMP)
-	$(PY) -m ruff check lidvae_nb tests .ci/book.py
-	$(PY) -m ruff format --check lidvae_nb tests .ci/book.py
+	$(PY) -m ruff check lidvae_nb tests .ci book/_ext
+	$(PY) -m ruff format --check lidvae_nb tests .ci book/_ext
 
 unit: $(STAMP)
 	$(PY) -m pytest tests
@@ -43,6 +43,12 @@ book: $(STAMP)
 ## make book-smoke: render the smoke-executed chapters (run `make chapters` first), for CI.
 book-smoke: $(STAMP)
 	$(PY) .ci/book.py build --executed _build/smoke --out _build/smoke-book
+
+## make browser-check: open every page of the last build (_build/html, or HTML=...) in headless
+## Chromium (installed with apt where missing); fails on errors, missing images, raw math, dead links.
+HTML ?= _build/html
+browser-check: $(STAMP)
+	$(PY) .ci/browser_check.py --html $(HTML) --shots _build/screenshots
 
 ## make bench: step time of a VAE and of LIDVAE (autograd vs closed-form Brenier maps), and ratios.
 bench: $(STAMP)

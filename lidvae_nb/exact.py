@@ -42,8 +42,8 @@ def grid_posterior(
         log_prior: (G,) log prior density at the grid nodes (any additive constant).
 
     Returns:
-        (log_prior_w, log_post_w): (G,) and, like ``log_likelihood``, (G,) or (N, G); each row
-        sums to one after exponentiation.
+        The pair ``(log_prior_w, log_post_w)``, of shapes (G,) and, like ``log_likelihood``,
+        (G,) or (N, G); each row sums to one after exponentiation.
     """
     log_prior_w = _as_log_weights(log_prior, "log_prior")
     log_likelihood = np.asarray(log_likelihood, dtype=np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib as mpl
 
-#: Colours used consistently across chapters: prior, posterior (exact / closed form), samples.
+#: Colours used consistently across chapters (prior, posterior, closed form, samples, truth, fit).
 COLORS = {
     "prior": "#7f7f7f",
     "posterior": "#1f77b4",

@@ -149,7 +149,7 @@ def posterior(X, W, sigma) -> tuple[np.ndarray, np.ndarray]:
 def kl_posterior_prior(X, W, sigma) -> np.ndarray | float:
     """KL(p(z | x_i) || p(z)) for each row of X, in nats: (n,) for X (n, d), a float for x (d,).
 
-    For N(m, C) against N(0, I_q): (tr C + |m|^2 - q - log det C) / 2.
+    For N(m, C) against N(0, I_q): ``(tr C + |m|^2 - q - log det C) / 2``.
     """
     means, cov = posterior(X, W, sigma)
     q = cov.shape[0]
@@ -220,7 +220,7 @@ class MLFit:
 
     @property
     def row_norms(self) -> np.ndarray:
-        """|w_j| for each latent j (q,): sqrt(max(lambda_j - sigma^2, 0))."""
+        """``|w_j|`` for each latent j (q,): ``sqrt(max(lambda_j - sigma^2, 0))``."""
         return np.linalg.norm(self.W, axis=1)
 
 
