@@ -42,6 +42,11 @@ CHAPTERS = {
 
 def build(tmp_path: Path, chapter: str) -> subprocess.CompletedProcess:
     shutil.copy2(ROOT / "_config.yml", tmp_path / "_config.yml")
+    # what _config.yml points to: the bibliography, the local extension, the favicon
+    (tmp_path / "book").mkdir()
+    shutil.copy2(ROOT / "book" / "references.bib", tmp_path / "book" / "references.bib")
+    for folder in ("_ext", "_static"):
+        shutil.copytree(ROOT / "book" / folder, tmp_path / "book" / folder)
     (tmp_path / "_toc.yml").write_text(
         "format: jb-book\nroot: intro\nchapters:\n  - file: chapter\n"
     )
@@ -63,6 +68,13 @@ def test_a_good_chapter_builds(tmp_path):
     # Figures must reach the page: a non-interactive MPLBACKEND in the environment would make
     # plt.show() a no-op inside the kernel and silently drop every figure of the book.
     assert re.search(r'<img[^>]+src="[^"]+\.png"', html), "the chapter's figure is missing"
+    # book_fixes: each script once, and the executed notebook offered for download
+    assert html.count("const THEBE_JS_URL") == 1
+    assert '_sources/chapter.ipynb"' in html
+    executed = tmp_path / "_build" / "html" / "_sources" / "chapter.ipynb"
+    assert '"42' in executed.read_text(), "the downloadable notebook lacks its outputs"
+    # MathJax is served with the book, not from a CDN
+    assert "cdn.jsdelivr.net/npm/mathjax" not in html
 
 
 @pytest.mark.parametrize(
