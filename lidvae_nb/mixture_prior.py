@@ -199,12 +199,12 @@ class InjectivityReport:
 
     @property
     def injective(self) -> bool:
-        """(F3) on the sample: every region full rank and no two regions' images overlap."""
+        """Injectivity (F3) on the sample; full-rank regions whose images do not overlap."""
         return self.full_rank and self.n_overlapping == 0
 
     @property
     def weakly_injective(self) -> bool:
-        """(F2) on the sample: some point has a unique preimage, inside a full-rank region.
+        """Weak injectivity (F2) on the sample; a point with a unique, full-rank preimage.
 
         With finitely many regions, points with infinitely many preimages lie in the images of
         rank-deficient regions, which have lower dimension than a full-rank region's image, so
@@ -485,6 +485,7 @@ class ReluGMM:
 
     @property
     def coordinate_names(self) -> list[str]:
+        """A readable name for every entry of :meth:`vector`, such as ``"w1[0, 1]"``."""
         names = []
         for g in PARAMETER_GROUPS:
             value = getattr(self, g)
@@ -542,7 +543,7 @@ class ReluGMM:
         seed=0,
     ) -> ReluGMM:
         """A random model: component means N(0, 1.5^2), scales in [0.3, 0.8], weights from a
-        Dirichlet(3) kept above 0.1; decoder weights N(0, 1) with |w1| >= 0.5 and each hidden
+        Dirichlet(3) kept above 0.1; decoder weights N(0, 1) with ``|w1| >= 0.5`` and each hidden
         unit's kink within one scale of a component's mean, so that every unit changes f where
         the data lie."""
         rng = np.random.default_rng(seed)
@@ -664,8 +665,8 @@ class Simulation:
 
     @property
     def z_scores(self) -> np.ndarray:
-        """t_hat / se: close to standard normal when the minimiser sits at the truth up to
-        sampling noise."""
+        """The ratios ``t_hat / se``, close to standard normal when the minimiser sits at the truth
+        up to sampling noise."""
         return self.t_hat / self.se
 
     def success(self, threshold: float = 4.0) -> bool:
