@@ -215,7 +215,32 @@ class _Likelihood(nn.Module):
         return D.Independent(D.Normal(out, F.softplus(self.raw_scale) + 1e-3), 1)
 
 
-class VAE(nn.Module):
+class _LatentVariableModel(nn.Module):
+    """What every model here shares: a ``ModelConfig`` in ``self.cfg``, data checks, and
+    p(x | z) through ``self.decoder`` (mean or logits) and ``self.lik`` (the likelihood)."""
+
+    def _check(self, x: torch.Tensor) -> None:
+        _check_data(self.cfg, x)
+
+    def decode(self, z: torch.Tensor) -> D.Distribution:
+        """p(x | z) for z (..., K): batch shape (...), event (D,)."""
+        return self.lik(_flat(self.decoder, z))
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) for z with any leading sample dimensions."""
+        return self.decode(z).log_prob(x)
+
+
+class _GaussianEncoderModel(_LatentVariableModel):
+    """Models whose q(z | x) is ``self.encoder(x)`` (VAE, LIDVAE, VaDE)."""
+
+    def encode(self, x: torch.Tensor) -> D.Distribution:
+        """q(z | x): batch (B,), event (K,)."""
+        self._check(x)
+        return self.encoder(x)
+
+
+class VAE(_GaussianEncoderModel):
     """The classical VAE: z ~ N(0, I_K), x | z ~ EF(f(z)) with an MLP f."""
 
     injective = False
@@ -233,22 +258,8 @@ class VAE(nn.Module):
     def _make_decoder(self, cfg: ModelConfig) -> nn.Module:
         return MLPDecoder(cfg.latent_dim, cfg.data_dim, cfg.hidden, cfg.decoder_depth)
 
-    def _check(self, x: torch.Tensor) -> None:
-        _check_data(self.cfg, x)
-
     def prior(self) -> D.Distribution:
         return D.Independent(D.Normal(self._zeros, torch.ones_like(self._zeros)), 1)
-
-    def encode(self, x: torch.Tensor) -> D.Distribution:
-        self._check(x)
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> D.Distribution:
-        """p(x | z) for z (..., K): batch shape (...), event (D,)."""
-        return self.lik(_flat(self.decoder, z))
-
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decode(z).log_prob(x)
 
     def loss_from_q(self, x: torch.Tensor, q: D.Distribution, beta: float = 1.0) -> dict:
         """Negative ELBO with a given q(z | x) (one reparameterised sample per point)."""
@@ -295,7 +306,7 @@ def spread_means(n_clusters: int, latent_dim: int, radius: float = 2.0) -> torch
     return means
 
 
-class GMVAE(nn.Module):
+class GMVAE(_LatentVariableModel):
     """Gaussian-mixture VAE: y ~ Categorical(1/C), z | y ~ N(mu_y, diag softplus(s_y)),
     x | z ~ EF(f(z)); q(y | x) q(z | x, y), with y summed out exactly in the ELBO.
 
@@ -323,9 +334,6 @@ class GMVAE(nn.Module):
     def _make_decoder(self, cfg: ModelConfig) -> nn.Module:
         return MLPDecoder(cfg.latent_dim, cfg.data_dim, cfg.hidden, cfg.decoder_depth)
 
-    def _check(self, x: torch.Tensor) -> None:
-        _check_data(self.cfg, x)
-
     def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x), (B, C)."""
         self._check(x)
@@ -352,13 +360,6 @@ class GMVAE(nn.Module):
         """q(z | x) = sum_y q(y | x) q(z | x, y), a mixture (for the metrics)."""
         probs = self.cluster_probs(x)
         return D.MixtureSameFamily(D.Categorical(probs=probs), self._q_z_given_xy(x))
-
-    def decode(self, z: torch.Tensor) -> D.Distribution:
-        """p(x | z) for z (..., K): batch shape (...), event (D,)."""
-        return self.lik(_flat(self.decoder, z))
-
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decode(z).log_prob(x)
 
     @torch.no_grad()
     def label_posterior(self, x: torch.Tensor, n_samples: int = 200) -> torch.Tensor:
@@ -414,7 +415,7 @@ class LIDGMVAE(GMVAE):
         return _injective_decoder(cfg)
 
 
-class VaDE(nn.Module):
+class VaDE(_GaussianEncoderModel):
     """Variational deep embedding (Jiang et al., 2016), the mixture VAE of Kivva et al.'s Sec. 4.
 
     c ~ Categorical(pi), z | c ~ N(mu_c, diag s_c^2) with pi, mu and s learned, x | z ~ EF(f(z))
@@ -440,9 +441,6 @@ class VaDE(nn.Module):
         self.prior_means = nn.Parameter(2.0 * torch.randn(c, k))
         self.prior_raw_scales = nn.Parameter(torch.zeros(c, k))
 
-    def _check(self, x: torch.Tensor) -> None:
-        _check_data(self.cfg, x)
-
     def _component_priors(self) -> D.Distribution:
         return D.Independent(
             D.Normal(self.prior_means, F.softplus(self.prior_raw_scales) + 1e-4), 1
@@ -452,17 +450,6 @@ class VaDE(nn.Module):
         return D.MixtureSameFamily(
             D.Categorical(logits=self.prior_logits), self._component_priors()
         )
-
-    def encode(self, x: torch.Tensor) -> D.Distribution:
-        self._check(x)
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> D.Distribution:
-        """p(x | z) for z (..., K): batch shape (...), event (D,)."""
-        return self.lik(_flat(self.decoder, z))
-
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decode(z).log_prob(x)
 
     def _log_joint_c(self, z: torch.Tensor) -> torch.Tensor:
         """log pi_c + log p(z | c) for z (..., K): (..., C)."""
