@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lidvae_nb._checks import check_count
+
 
 def pinwheel(
     n_per_class: int = 200,
@@ -20,10 +22,8 @@ def pinwheel(
     grows with the distance from the centre. Returns (x, labels): (N, 2) float32 and (N,) int64,
     N = n_classes * n_per_class, shuffled with ``seed``.
     """
-    if int(n_per_class) != n_per_class or n_per_class < 1:
-        raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
-    if int(n_classes) != n_classes or n_classes < 1:
-        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    check_count("n_per_class", n_per_class)
+    check_count("n_classes", n_classes)
     for name, value in (("radial_std", radial_std), ("tangential_std", tangential_std)):
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")

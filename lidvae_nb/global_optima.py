@@ -39,6 +39,8 @@ from scipy.optimize import minimize
 from torch import distributions as D
 from torch import nn
 
+from lidvae_nb._checks import check_count
+
 # --- closed forms (NumPy, float64) -------------------------------------------------------------
 
 
@@ -61,6 +63,14 @@ def _covariance(name: str, value) -> np.ndarray:
     if np.linalg.eigvalsh(cov).min() <= 0:
         raise ValueError(f"{name} must be positive definite, got {value!r}")
     return cov
+
+
+def _variances(name: str, value, size: int, what: str) -> np.ndarray:
+    """``value`` as ``size`` finite positive floats, or a ValueError naming it."""
+    out = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if out.shape != (size,) or not np.all(np.isfinite(out)) or not np.all(out > 0):
+        raise ValueError(f"{name} must hold {size} positive {what}, got {value!r}")
+    return out
 
 
 def gaussian_kl(mean0, cov0, mean1, cov1) -> float:
@@ -103,12 +113,7 @@ class MeanField:
 
     def __post_init__(self):
         gain = _matrix("gain", self.gain)
-        var = np.atleast_1d(np.asarray(self.var, dtype=np.float64))
-        if var.shape != (gain.shape[0],) or not np.all(var > 0):
-            raise ValueError(
-                f"var must hold {gain.shape[0]} positive variances (one per row of gain), "
-                f"got {self.var!r}"
-            )
+        var = _variances("var", self.var, gain.shape[0], "variances (one per row of gain)")
         object.__setattr__(self, "gain", gain)
         object.__setattr__(self, "var", var)
 
@@ -127,12 +132,7 @@ class LinearGaussian:
 
     def __post_init__(self):
         W = _matrix("W", self.W)
-        psi = np.atleast_1d(np.asarray(self.psi, dtype=np.float64))
-        if psi.shape != (W.shape[0],) or not np.all(np.isfinite(psi)) or not np.all(psi > 0):
-            raise ValueError(
-                f"psi must hold {W.shape[0]} positive noise variances (one per row of W), "
-                f"got {self.psi!r}"
-            )
+        psi = _variances("psi", self.psi, W.shape[0], "noise variances (one per row of W)")
         object.__setattr__(self, "W", W)
         object.__setattr__(self, "psi", psi)
 
@@ -289,8 +289,7 @@ def fit_cholesky_A(
     objective depends on A through A A^T only, so A* is defined up to an orthogonal factor.
     """
     data_cov = _covariance("data_cov", data_cov)
-    if int(restarts) != restarts or restarts < 1:
-        raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
+    check_count("restarts", restarts)
     d = data_cov.shape[0]
     cholesky_model(np.eye(d), b, sigma2)  # validates b and sigma2 once
 
@@ -394,8 +393,7 @@ class LinearGaussianVAE(nn.Module):
 
     def __init__(self, decoder: nn.Module, n_samples: int = 1):
         super().__init__()
-        if int(n_samples) != n_samples or n_samples < 0:
-            raise ValueError(f"n_samples must be a non-negative integer, got {n_samples!r}")
+        check_count("n_samples", n_samples, minimum=0)
         self.decoder = decoder
         W, _ = decoder()
         self.data_dim, self.latent_dim = W.shape

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from lidvae_nb._checks import check_count
+
 
 def _pyro():
     """Import Pyro without the 'IProgress not found' warning its tqdm import gives in Jupyter."""
@@ -35,10 +37,8 @@ def _threads(n: int | None) -> Iterator[None]:
 
 
 def _check_counts(num_samples: int, warmup: int) -> None:
-    if int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if int(warmup) != warmup or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    check_count("num_samples", num_samples)
+    check_count("warmup", warmup, minimum=0)
 
 
 def sample_log_prob(

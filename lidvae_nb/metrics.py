@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import distributions as D
 
+from lidvae_nb._checks import check_count
+
 
 def _batches(data: torch.Tensor | Iterable, batch_size: int):
     """Yield tensors from a tensor (split along dim 0) or from an iterable of batches."""
@@ -34,12 +36,6 @@ def _batches(data: torch.Tensor | Iterable, batch_size: int):
         return
     for batch in data:
         yield batch[0] if isinstance(batch, list | tuple) else batch
-
-
-def _check_positive_int(name: str, value) -> int:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def posterior_mean(q: D.Distribution, n_samples: int = 100) -> torch.Tensor:
@@ -97,7 +93,7 @@ def mutual_information(model, data, batch_size: int = 500, n_samples: int = 1) -
     logsumexp_j log q(z | x_j) - log B with ``n_samples`` draws per point; batches are weighted
     by their size. Noise can make it slightly negative when the true value is near 0.
     """
-    _check_positive_int("n_samples", n_samples)
+    check_count("n_samples", n_samples)
     total, count = 0.0, 0
     for x in _batches(data, batch_size):
         q = model.encode(x)
@@ -125,8 +121,8 @@ def iwae_log_likelihood(
     ``n_samples`` importance samples per point from q(z | x), drawn ``chunk_size`` at a time so that
     memory stays bounded. Returns a (N,) tensor; its mean is the test log-likelihood.
     """
-    _check_positive_int("n_samples", n_samples)
-    _check_positive_int("chunk_size", chunk_size)
+    check_count("n_samples", n_samples)
+    check_count("chunk_size", chunk_size)
     prior = model.prior()
     out = []
     for x in _batches(data, batch_size):

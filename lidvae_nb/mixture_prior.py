@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.special import log_ndtr, logsumexp
 
+from lidvae_nb._checks import check_count
+
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -470,8 +472,7 @@ class ReluGMM:
 
     def sample(self, n: int, seed=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x (n, data_dim), z (n,), component (n,)) drawn from the model."""
-        if int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_count("n", n)
         rng = np.random.default_rng(seed)
         comp = rng.choice(self.n_components, size=int(n), p=self.weights)
         z = self.means[comp] + np.exp(self.log_scales[comp]) * rng.normal(size=int(n))
@@ -700,8 +701,7 @@ def profile_study(
     injectivity is checked on 2000 draws from the prior.
     """
     for name, value in (("n_sims", n_sims), ("n_data", n_data), ("n_grid", n_grid)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_count(name, value)
     if n_grid < 3:
         raise ValueError(f"n_grid must be >= 3, got {n_grid}")
     if not span > 0:

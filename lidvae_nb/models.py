@@ -23,13 +23,9 @@ import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
+from lidvae_nb._checks import check_count
+
 LIKELIHOODS = ("bernoulli", "gaussian")
-
-
-def _positive_int(name: str, value) -> int:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _flat(f, z: torch.Tensor) -> torch.Tensor:
@@ -86,12 +82,9 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("data_dim", "latent_dim", "hidden", "encoder_depth", "decoder_depth"):
-            _positive_int(name, getattr(self, name))
-        _positive_int("n_clusters", self.n_clusters)
-        if int(self.flow_layers) != self.flow_layers or self.flow_layers < 0:
-            raise ValueError(
-                f"flow_layers must be a non-negative integer, got {self.flow_layers!r}"
-            )
+            check_count(name, getattr(self, name))
+        check_count("n_clusters", self.n_clusters)
+        check_count("flow_layers", self.flow_layers, minimum=0)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
 
@@ -292,7 +285,7 @@ def spread_means(n_clusters: int, latent_dim: int, radius: float = 2.0) -> torch
     spaced on a circle of that radius in the first two coordinates, or on the segment
     [-radius, radius] when the latent is one-dimensional.
     """
-    c, k = _positive_int("n_clusters", n_clusters), _positive_int("latent_dim", latent_dim)
+    c, k = check_count("n_clusters", n_clusters), check_count("latent_dim", latent_dim)
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius!r}")
     means = torch.zeros(c, k)
@@ -372,7 +365,7 @@ class GMVAE(_LatentVariableModel):
         encoder that failed to find an informative posterior (q(y | x) = p(y) != p(y | x)).
         """
         self._check(x)
-        n_samples = _positive_int("n_samples", n_samples)
+        n_samples = check_count("n_samples", n_samples)
         qz = self._q_z_given_xy(x)  # batch (B, C)
         z = qz.sample((n_samples,))  # (S, B, C, K)
         log_w = (

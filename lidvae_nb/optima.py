@@ -19,6 +19,8 @@ import numpy as np
 from scipy.special import logsumexp, ndtr
 from scipy.stats import norm
 
+from lidvae_nb._checks import check_count
+
 
 def _as_vector(name: str, value, size: int | None = None) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
@@ -58,8 +60,7 @@ class Mixture1D:
 
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(x, labels), each (n,)."""
-        if int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_count("n", n)
         rng = np.random.default_rng(seed)
         labels = rng.choice(self.weights.size, size=int(n), p=self.weights)
         return rng.normal(self.means[labels], self.sds[labels]), labels
@@ -156,7 +157,6 @@ def identity(w):
 def collapsed_optimum(data_clusters: Mixture1D, K: int, sigma: float, **grid) -> GMVAE1D:
     """theta_2 of Wang et al. Sec. 2.2: K identical N(0, 1) components and the decoder T that
     pushes N(0, 1) onto the data's clusters, so that p(x) is unchanged and p(z | x) = 1/K."""
-    if int(K) != K or K < 1:
-        raise ValueError(f"K must be a positive integer, got {K!r}")
+    check_count("K", K)
     prior = Mixture1D(np.full(K, 1.0 / K), np.zeros(K), np.ones(K))
     return GMVAE1D(prior, quantile_map(data_clusters), sigma, **grid)

@@ -37,6 +37,8 @@ from torch import distributions as D
 from torch import nn
 from tqdm import tqdm
 
+from lidvae_nb._checks import check_count
+
 SCHEMES = ("elbo", "beta", "anneal", "lagging", "savae")
 OPTIMIZERS = ("adam", "rmsprop")
 
@@ -75,9 +77,7 @@ class TrainConfig:
             "savae_steps",
             "checkpoint_every",
         ):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(name, getattr(self, name))
         for name in ("lr", "beta", "anneal_epochs", "savae_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -1,0 +1,14 @@
+"""Argument checks shared by the package's modules (private)."""
+
+from __future__ import annotations
+
+
+def check_count(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming it: a whole number (an int or an integral
+    float) of at least ``minimum`` (1: "a positive integer", 0: "a non-negative integer")."""
+    if int(value) != value or value < minimum:
+        kind = {1: "positive integer", 0: "non-negative integer"}.get(
+            minimum, f"integer >= {minimum}"
+        )
+        raise ValueError(f"{name} must be a {kind}, got {value!r}")
+    return int(value)
