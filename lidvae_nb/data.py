@@ -1,6 +1,9 @@
-"""Data sets: synthetic generators (pinwheel) and loaders of the real data (MNIST so far)."""
+"""Data sets: synthetic generators (pinwheel; Yacoby et al.'s four benchmarks) and loaders of the
+real data (MNIST so far)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -40,6 +43,75 @@ def pinwheel(
         torch.as_tensor(x[order], dtype=torch.float32),
         torch.as_tensor(labels[order], dtype=torch.int64),
     )
+
+
+# --- Yacoby et al.'s four synthetic benchmarks (their Appendix E) ------------------------------
+
+#: Eq. 3's parameters: A, the diagonal of B, and sigma_eps^2 (the noise is N(0, sigma2 I - B)).
+JTE_A = ((0.75, 0.25), (1.5, -1.0))
+JTE_B = 0.006
+JTE_SIGMA2 = 0.01
+#: The "Gaussian" data set's loading, x = z^T A + noise (2 x 4).
+GAUSSIAN_A = ((-0.7074, 0.0995, 0.0286, 0.1240), (0.7074, 0.9948, -0.9995, 0.9920))
+#: The Mobius transform m(z) = (a z + b) / (c z + d) on z = z1 + i z2.
+MOBIUS_COEFFICIENTS = (1 + 0j, 1 + 4j, 1 + 0j, 7 + 4j)
+#: Data dimension and observation-noise variance of each data set (latents are 2-d, N(0, I)).
+SYNTHETIC = {
+    "linear_jte": {"data_dim": 2, "noise_var": JTE_SIGMA2 - JTE_B},
+    "cubic_jte": {"data_dim": 2, "noise_var": JTE_SIGMA2 - JTE_B},
+    "gaussian": {"data_dim": 4, "noise_var": 1e-6},
+    "mobius": {"data_dim": 2, "noise_var": 1e-5},
+}
+
+
+def _check_synthetic(name: str) -> dict:
+    if name not in SYNTHETIC:
+        raise ValueError(f"name must be one of {tuple(SYNTHETIC)}, got {name!r}")
+    return SYNTHETIC[name]
+
+
+def jte_loading(A: torch.Tensor, b: float = JTE_B) -> torch.Tensor:
+    """Cholesky(A A^T + b I): the loading of Eq. 3, differentiable in A."""
+    eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    return torch.linalg.cholesky(A @ A.T + b * eye)
+
+
+def mobius(z: torch.Tensor) -> torch.Tensor:
+    """The Mobius transform of the data set "Mobius", on (..., 2) real pairs (real, imaginary)."""
+    a, b, c, d = MOBIUS_COEFFICIENTS
+    w = torch.complex(z[..., 0].double(), z[..., 1].double())
+    m = (a * w + b) / (c * w + d)
+    return torch.stack([m.real, m.imag], -1).to(z.dtype)
+
+
+def synthetic_mean(name: str, z: torch.Tensor) -> torch.Tensor:
+    """The ground-truth mean of x given z, f(z), for z of shape (..., 2)."""
+    _check_synthetic(name)
+    if z.shape[-1] != 2:
+        raise ValueError(f"z must have shape (..., 2), got {tuple(z.shape)}")
+    if name in ("linear_jte", "cubic_jte"):
+        out = z @ jte_loading(torch.tensor(JTE_A, dtype=z.dtype)).T
+        return out**3 if name == "cubic_jte" else out
+    if name == "gaussian":
+        return z @ torch.tensor(GAUSSIAN_A, dtype=z.dtype)
+    return mobius(z)
+
+
+def synthetic(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` draws of Yacoby et al.'s data set ``name``: z ~ N(0, I_2), x = f(z) + noise.
+
+    ``name`` is one of ``linear_jte`` (Eq. 3 with their A and B), ``cubic_jte`` (the same loading,
+    cubed element-wise), ``gaussian`` (a linear map into 4 dimensions, noise variance 1e-6) and
+    ``mobius`` (the Mobius transform itself; the paper uses a network fitted to it, noise variance
+    1e-5). Returns (x, z) as float32 tensors of shapes (n, D) and (n, 2).
+    """
+    spec = _check_synthetic(name)
+    check_count("n", n)
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    noise = torch.randn(n, spec["data_dim"], generator=gen, dtype=torch.float64)
+    x = synthetic_mean(name, z) + math.sqrt(spec["noise_var"]) * noise
+    return x.float(), z.float()
 
 
 MNIST_FILES = {

@@ -4,7 +4,8 @@ Schemes (``TrainConfig.scheme``):
 
 * ``"elbo"``: the plain VAE objective;
 * ``"beta"``: beta-VAE, the KL term weighted by ``beta`` (0.2 in the source papers);
-* ``"anneal"``: KL annealing, beta rising linearly from ``anneal_start`` to 1 in ``anneal_epochs``;
+* ``"anneal"``: KL annealing, beta moving linearly from ``anneal_start`` to ``anneal_to`` (1 by
+  default; another value gives beta-VAE with annealing) in ``anneal_epochs``;
 * ``"lagging"``: lagging ("aggressive") inference networks (He et al., 2019): while aggressive, the
   encoder is updated on fresh batches until its loss stops improving (at most
   ``lagging_max_inner`` steps) before each decoder step; aggressive mode ends when the mutual
@@ -56,6 +57,7 @@ class TrainConfig:
     beta: float = 0.2
     anneal_epochs: float = 10.0
     anneal_start: float = 0.1
+    anneal_to: float = 1.0
     lagging_max_inner: int = 100
     savae_steps: int = 10
     savae_lr: float = 1.0
@@ -78,7 +80,7 @@ class TrainConfig:
             "checkpoint_every",
         ):
             check_count(name, getattr(self, name))
-        for name in ("lr", "beta", "anneal_epochs", "savae_lr"):
+        for name in ("lr", "beta", "anneal_epochs", "anneal_to", "savae_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 <= self.anneal_start <= 1:
@@ -153,8 +155,9 @@ class Trainer:
         if self.cfg.scheme == "beta":
             return self.cfg.beta
         if self.cfg.scheme == "anneal":
-            total = self.cfg.anneal_epochs * steps_per_epoch
-            return min(1.0, self.cfg.anneal_start + (1 - self.cfg.anneal_start) * step / total)
+            frac = min(1.0, step / (self.cfg.anneal_epochs * steps_per_epoch))
+            start, end = self.cfg.anneal_start, self.cfg.anneal_to
+            return start + (end - start) * frac
         return 1.0
 
     # --- checkpoints --------------------------------------------------------------------------

@@ -54,6 +54,12 @@ def test_beta_schedule():
     assert t.beta_at(10, 10) == pytest.approx(0.6)
     assert t.beta_at(100, 10) == 1.0
     assert Trainer(small(), config(scheme="beta", beta=0.2)).beta_at(5, 10) == 0.2
+    # beta-VAE with annealing: the same ramp, ending at anneal_to
+    to5 = Trainer(small(), config(scheme="anneal", anneal_epochs=2, anneal_start=0.1, anneal_to=5))
+    assert to5.beta_at(10, 10) == pytest.approx(2.55)
+    assert to5.beta_at(100, 10) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="anneal_to"):
+        config(anneal_to=0.0)
     assert Trainer(small(), config(scheme="elbo")).beta_at(5, 10) == 1.0
 
 
