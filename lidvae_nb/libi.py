@@ -447,7 +447,7 @@ def run_table(jobs: list[dict], workers: int = 1, progress: bool = True) -> list
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     check_count("workers", workers)
     bar = tqdm(total=len(jobs), desc="Table 1", disable=not progress)

@@ -112,7 +112,6 @@ def mutual_information(model, data, batch_size: int = 500, n_samples: int = 1) -
     return total / count
 
 
-@torch.no_grad()
 def _inflated(q: D.Distribution, factor: float) -> D.Distribution:
     """q with its variances multiplied by ``factor``; q must be a diagonal Gaussian."""
     if factor == 1.0:
@@ -126,6 +125,7 @@ def _inflated(q: D.Distribution, factor: float) -> D.Distribution:
     return D.Independent(D.Normal(base.loc, base.scale * math.sqrt(factor)), 1)
 
 
+@torch.no_grad()
 def iwae_log_likelihood(
     model,
     data,
