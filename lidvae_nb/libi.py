@@ -214,17 +214,31 @@ class LiBIConfig:
             check_count(name, getattr(self, name))
 
 
+#: Exponents above this continue linearly in :func:`code_penalties` (e^50 is about 5e21).
+EXP_CAP = 50.0
+
+
+def _capped_exp(u: torch.Tensor) -> torch.Tensor:
+    """exp(u) up to u = EXP_CAP, then its tangent line: equal in value and slope at the cap, so
+    a far-off start gives a huge finite loss whose gradient still points back, not an overflow."""
+    top = math.exp(EXP_CAP)
+    return torch.where(u <= EXP_CAP, torch.exp(u.clamp(max=EXP_CAP)), top * (1 + u - EXP_CAP))
+
+
 def code_penalties(codes: torch.Tensor, cfg: LiBIConfig) -> dict:
-    """The three penalties of Eq. 44 on the codes (n, K), and their sum (``total``)."""
+    """The three penalties of Eq. 44 on the codes (n, K), and their sum (``total``).
+
+    Each is exp of its exponent, continued linearly beyond an exponent of :data:`EXP_CAP` (in
+    float32, exp overflows at 88, which codes of a badly scaled start reach at once)."""
     mean = codes.mean(0)
     centred = codes - mean
     cov = centred.T @ centred / codes.shape[0]
     eye = torch.eye(codes.shape[1], dtype=codes.dtype, device=codes.device)
     hz = henze_zirkler(codes)
     out = {
-        "hz": cfg.eps_hz * torch.exp(hz),
-        "sigma": torch.exp(((cov - eye) ** 2).sum() / cfg.eps_sigma),
-        "mu": torch.exp((mean**2).sum() / cfg.eps_mu),
+        "hz": cfg.eps_hz * _capped_exp(hz),
+        "sigma": _capped_exp(((cov - eye) ** 2).sum() / cfg.eps_sigma),
+        "mu": _capped_exp((mean**2).sum() / cfg.eps_mu),
     }
     out["total"] = out["hz"] + out["sigma"] + out["mu"]
     return out
@@ -246,7 +260,10 @@ class LiBIStep1(nn.Module):
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict:
         z = self.codes.mean(x)
         rec = -self.vae_ref[0].log_likelihood(x, z)
-        penalty = code_penalties(z, self.cfg)["total"]
+        try:
+            penalty = code_penalties(z, self.cfg)["total"]
+        except ValueError as err:  # codes on a line: the Henze-Zirkler statistic is undefined
+            raise FloatingPointError(f"LiBI step 1: {err}") from err
         return {
             "loss": rec.mean() + penalty,
             "rec": rec.detach(),
@@ -382,7 +399,9 @@ def run_method(
     ``eps_hz``, ``eps_sigma``, ``eps_mu`` and ``repeats`` (LiBI, whose steps 1 and 2 get
     ``epochs`` // ``repeats`` epochs each per repetition). Lagging inference networks are He et
     al.'s aggressive schedule, as in :class:`lidvae_nb.trainer.Trainer`. Returns the two metrics,
-    the wall time and the settings.
+    the wall time and the settings; a run that the trainer stops on a non-finite loss is
+    returned with NaN metrics and the error message under ``error``, so that one diverged
+    run does not end a whole table.
     """
     import time
 
@@ -397,6 +416,36 @@ def run_method(
     vae = SyntheticVAE(name, decoder="injective" if method == "lidvae" else "truth")
     base = TrainConfig(lr=lr, seed=seed, progress=False)
     start = time.perf_counter()
+    try:
+        model = _fit_method(method, vae, train, val, base, epochs, eval_every, hp)
+    except FloatingPointError as err:  # the trainer's stop on a non-finite loss
+        return {
+            "method": method,
+            "data": name,
+            "data_seed": data_seed,
+            "restart": restart,
+            "test_ll": math.nan,
+            "s_knn": math.nan,
+            "error": str(err),
+            "fit_seconds": round(time.perf_counter() - start, 2),
+            "epochs": epochs,
+            "hp": hp,
+        }
+    seconds = time.perf_counter() - start
+    result = evaluate(model, test, n_samples=n_samples, knn_repeats=knn_repeats, seed=seed)
+    return {
+        "method": method,
+        "data": name,
+        "data_seed": data_seed,
+        "restart": restart,
+        **result,
+        "fit_seconds": round(seconds, 2),
+        "epochs": epochs,
+        "hp": hp,
+    }
+
+
+def _fit_method(method, vae, train, val, base, epochs, eval_every, hp) -> SyntheticVAE:
     if method == "libi":
         cfg = LiBIConfig(
             eps_hz=hp.get("eps_hz", 1.0),
@@ -406,7 +455,7 @@ def run_method(
             step1_epochs=max(1, epochs // hp.get("repeats", 1)),
             step2_epochs=max(1, epochs // hp.get("repeats", 1)),
         )
-        model, _ = fit_libi(vae, train, val, cfg, base)
+        return fit_libi(vae, train, val, cfg, base)[0]
     else:
         changes = {
             "vae": {},
@@ -421,19 +470,7 @@ def run_method(
             "lagging": {"scheme": "lagging"},
         }[method]
         cfg = TrainConfig(**{**base.__dict__, **changes})
-        model, _ = fit_vae(vae, train, val, cfg, epochs, eval_every)
-    seconds = time.perf_counter() - start
-    result = evaluate(model, test, n_samples=n_samples, knn_repeats=knn_repeats, seed=seed)
-    return {
-        "method": method,
-        "data": name,
-        "data_seed": data_seed,
-        "restart": restart,
-        **result,
-        "fit_seconds": round(seconds, 2),
-        "epochs": epochs,
-        "hp": hp,
-    }
+        return fit_vae(vae, train, val, cfg, epochs, eval_every)[0]
 
 
 def _run_job(job: dict) -> dict:

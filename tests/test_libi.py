@@ -209,6 +209,13 @@ def test_code_penalties_are_at_their_floor_for_whitened_codes():
     assert float(pen["hz"]) == pytest.approx(2.0 * math.exp(float(henze_zirkler(z))))
     squeezed = code_penalties(0.3 * z, LiBIConfig())  # Eq. 40's pull towards 0 is penalised
     assert float(squeezed["sigma"]) > 3.0
+    # A badly scaled start (codes in the hundreds) gives a huge but finite loss, pointing back.
+    far = (300 * z.float()).requires_grad_(True)
+    pen = code_penalties(far, LiBIConfig())
+    pen["total"].backward()
+    total = float(pen["total"].detach())
+    assert math.isfinite(total) and total > 1e21
+    assert torch.isfinite(far.grad).all() and float((far.grad * far).sum()) > 0
 
 
 def test_libi_step1_learns_standard_normal_codes_and_step2_leaves_the_likelihood_alone():
