@@ -215,7 +215,7 @@ def test_code_penalties_are_at_their_floor_for_whitened_codes():
     pen["total"].backward()
     total = float(pen["total"].detach())
     assert math.isfinite(total) and total > 1e21
-    assert torch.isfinite(far.grad).all() and float((far.grad * far).sum()) > 0
+    assert torch.isfinite(far.grad).all() and float((far.grad * far.detach()).sum()) > 0
 
 
 def test_libi_step1_learns_standard_normal_codes_and_step2_leaves_the_likelihood_alone():
