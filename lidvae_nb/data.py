@@ -47,7 +47,7 @@ def pinwheel(
 
 # --- Yacoby et al.'s four synthetic benchmarks (their Appendix E) ------------------------------
 
-#: Eq. 3's parameters: A, the diagonal of B, and sigma_eps^2 (the noise is N(0, sigma2 I - B)).
+#: Eq. 3's parameters A, the diagonal of B and sigma_eps^2 (the noise is N(0, sigma2 I - B)).
 JTE_A = ((0.75, 0.25), (1.5, -1.0))
 JTE_B = 0.006
 JTE_SIGMA2 = 0.01

@@ -9,8 +9,8 @@ of LIDVAE instead (:class:`lidvae_nb.icnn.InjectiveDecoder`), the book's extra c
 LiBI (:func:`fit_libi`) learns the likelihood first and the inference network second:
 
 1. theta and an amortised code network h minimise -mean log p(x | h(x)) plus penalties that keep
-   the codes {h(x_n)} standard normal (Eq. 44): eps_hz exp(HZ), exp(|Sigma - I|^2 / eps_sigma),
-   exp(|mu|^2 / eps_mu), with HZ the Henze-Zirkler statistic and Sigma, mu the codes' covariance
+   the codes {h(x_n)} standard normal (Eq. 44): eps_hz exp(HZ), ``exp(|Sigma - I|^2 / eps_sigma)``,
+   ``exp(|mu|^2 / eps_mu)``, with HZ the Henze-Zirkler statistic and Sigma, mu the codes' covariance
    and mean;
 2. with theta frozen, q(z | x) is fitted by the ELBO, which then minimises KL(q || p_theta(z | x));
 3. h restarts at q's mean and the two steps repeat; the repetition whose step-1 objective on
@@ -214,7 +214,7 @@ class LiBIConfig:
             check_count(name, getattr(self, name))
 
 
-#: Exponents above this continue linearly in :func:`code_penalties` (e^50 is about 5e21).
+#: Exponents above this continue linearly in the LiBI penalties (e^50 is about 5e21).
 EXP_CAP = 50.0
 
 

@@ -343,7 +343,7 @@ def smooth_knn_statistic(
     """The smooth 1-nearest-neighbour two-sample statistic (Djolonga and Krause, 2017).
 
     Every point of the pooled sample spreads one unit of weight over the other points, w_ij =
-    softmax_j(-alpha |u_i - u_j| / s) (the soft nearest neighbour), averaged over ``alphas``;
+    ``softmax_j(-alpha |u_i - u_j| / s)`` (the soft nearest neighbour), averaged over ``alphas``;
     T is the weight on pairs drawn from different samples. Returned standardised under the
     permutation null, -(T - E T) / sd T, so that it is near 0 on average when x and y come from one
     distribution and grows as they differ (the sign used by Yacoby et al.'s Table 1).
