@@ -1,5 +1,6 @@
-"""Data sets: synthetic generators (pinwheel; Yacoby et al.'s four benchmarks) and loaders of the
-real data (MNIST so far)."""
+"""Data sets: synthetic generators (pinwheel; Yacoby et al.'s four benchmarks), loaders of the
+real image data (MNIST, Fashion-MNIST, Omniglot; checked against known SHA-256 values) and helpers
+for dynamic binarisation, fixed splits and subsets."""
 
 from __future__ import annotations
 
@@ -114,10 +115,77 @@ def synthetic(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return x.float(), z.float()
 
 
+# --- Real image data: MNIST, Fashion-MNIST, Omniglot ----------------------------------------
+
+#: File names of the MNIST and Fashion-MNIST splits, (images, labels), in ``<root>/mnist/`` and
+#: ``<root>/fashion_mnist/`` (the two data sets share the IDX layout and the file names).
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+#: The Omniglot file in ``<root>/omniglot/``, with all 32,460 images downscaled to 28 x 28 (uint8).
+OMNIGLOT_FILE = "omniglot28_gusruss89_images_only.npz"
+#: The array of the Omniglot file that each split reads (Lake et al.'s background and evaluation
+#: alphabets: 19,280 and 13,180 images).
+OMNIGLOT_ARRAYS = {"train": "background_images", "test": "evaluation_images"}
+#: Expected SHA-256 of every file the loaders read, by path relative to the data folder (the values
+#: of the data folder's MANIFEST.sha256).
+SHA256 = {
+    "mnist/train-images-idx3-ubyte.gz": (
+        "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971"
+    ),
+    "mnist/train-labels-idx1-ubyte.gz": (
+        "ebef055917794c40877b65e09212d53a0818622e044940edb6d2fa39ee538681"
+    ),
+    "mnist/t10k-images-idx3-ubyte.gz": (
+        "9fe7630f90c0e670227960a294637bc2e78a29d724810e24204eb342c9f033a1"
+    ),
+    "mnist/t10k-labels-idx1-ubyte.gz": (
+        "2c54c993d38068b3c3adb720a5cdee07065a066a7b36e7d1df720548d6359eba"
+    ),
+    "fashion_mnist/train-images-idx3-ubyte.gz": (
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"
+    ),
+    "fashion_mnist/train-labels-idx1-ubyte.gz": (
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"
+    ),
+    "fashion_mnist/t10k-images-idx3-ubyte.gz": (
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"
+    ),
+    "fashion_mnist/t10k-labels-idx1-ubyte.gz": (
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+    ),
+    "omniglot/" + OMNIGLOT_FILE: (
+        "2646d2d270f33e6ffeb2c6962efaf5566ca26cfb9deca183308e25233b06c4bb"
+    ),
+}
+#: Further SHA-256 values accepted for a file, those of the MNIST files as the standard URLs serve
+#: them. The shared copies hold the same images but are not byte-identical (re-compressed gzip).
+SHA256_ALSO_ACCEPTED = {
+    "mnist/train-images-idx3-ubyte.gz": (
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    ),
+    "mnist/train-labels-idx1-ubyte.gz": (
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    ),
+    "mnist/t10k-images-idx3-ubyte.gz": (
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    ),
+    "mnist/t10k-labels-idx1-ubyte.gz": (
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    ),
+}
+#: Base URLs that ``download=True`` tries in turn, by data folder (the original distributions and
+#: the PyTorch mirror of MNIST). Omniglot has no standard 28 x 28 npz to fetch.
+DOWNLOAD_URLS = {
+    "mnist": (
+        "https://yann.lecun.com/exdb/mnist/",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    ),
+    "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+# SHA-256 of the files hashed so far in this process, keyed by (path, size, modification time).
+_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def data_root(root=None):
@@ -131,6 +199,102 @@ def data_root(root=None):
             "no data folder: pass root=... or set LIDVAE_DATA to the folder holding mnist/ etc."
         )
     return Path(root)
+
+
+def sha256(path) -> str:
+    """The SHA-256 of the file ``path`` (hex), computed once per process for each path.
+
+    The cache is keyed by the resolved path, the size and the modification time, so a file that
+    is replaced (a download, say) is hashed again.
+    """
+    import hashlib
+    from pathlib import Path
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def verify_file(path, name: str) -> None:
+    """Check the file ``path`` against ``SHA256[name]`` (``name``: its path relative to the data
+    folder, such as ``mnist/t10k-images-idx3-ubyte.gz``).
+
+    Raises a ValueError naming the file, the expected and the actual hash on a mismatch, and a
+    KeyError if ``name`` has no expected hash.
+    """
+    if name not in SHA256:
+        raise KeyError(f"no expected sha256 for {name!r}; known files: {sorted(SHA256)}")
+    accepted = (SHA256[name], *SHA256_ALSO_ACCEPTED.get(name, ()))
+    actual = sha256(path)
+    if actual not in accepted:
+        raise ValueError(
+            f"sha256 mismatch for {path}: expected {' or '.join(accepted)}, got {actual}; the file"
+            " is damaged or a different version (verify=False skips this check)"
+        )
+
+
+def _download(subfolder: str, folder, names) -> None:
+    """Fetch the files ``names`` of ``<root>/<subfolder>`` from :data:`DOWNLOAD_URLS` into
+    ``folder`` (via a temporary name, so that a failed transfer leaves no partial file)."""
+    import os
+    import urllib.request
+
+    if subfolder not in DOWNLOAD_URLS:
+        raise FileNotFoundError(
+            f"{subfolder} cannot be downloaded: no standard URL serves {', '.join(names)}; place "
+            f"the file(s) by hand in {folder}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        target = folder / name
+        partial = folder / (name + ".part")
+        failures = []
+        for base in DOWNLOAD_URLS[subfolder]:
+            try:
+                urllib.request.urlretrieve(base + name, partial)
+            except OSError as error:  # urllib.error.URLError included
+                failures.append(f"{base + name}: {error}")
+                continue
+            os.replace(partial, target)
+            break
+        else:
+            partial.unlink(missing_ok=True)
+            raise OSError(f"could not download {name}: " + "; ".join(failures))
+
+
+def _locate(subfolder: str, names, root, verify: bool, download: bool) -> list:
+    """The paths of the files ``names`` in ``<root>/<subfolder>``, downloaded first if asked
+    and missing, and checked against :data:`SHA256` if ``verify`` (downloads are always checked;
+    one that fails is deleted)."""
+    folder = data_root(root) / subfolder
+    paths = [folder / name for name in names]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing and download:
+        _download(subfolder, folder, missing)
+        for name in missing:
+            try:
+                verify_file(folder / name, f"{subfolder}/{name}")
+            except ValueError:
+                (folder / name).unlink()
+                raise
+        missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"missing {', '.join(missing)} in the folder {folder}, which must hold "
+            f"{', '.join(names)}: pass root=... or set LIDVAE_DATA to the folder holding "
+            f"{subfolder}/ (download=True fetches the files where a standard URL serves them)"
+        )
+    if verify:
+        for path in paths:
+            verify_file(path, f"{subfolder}/{path.name}")
+    return paths
 
 
 def _read_idx(path, magic: int) -> np.ndarray:
@@ -154,29 +318,183 @@ def _read_idx(path, magic: int) -> np.ndarray:
     return body.reshape(shape)
 
 
+def _check_split(split: str, splits) -> None:
+    if split not in splits:
+        raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+
+
+def _check_n(n) -> None:
+    if n is not None and (int(n) != n or n < 1):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+
+
+def _to_tensor(images: np.ndarray, binarize: bool) -> torch.Tensor:
+    """(N, ...) uint8 images as (N, D) float32 in [0, 1]: pixel / 255, or pixel > 127 as 0/1."""
+    x = images.reshape(len(images), -1)
+    x = (x > 127).astype(np.float32) if binarize else x.astype(np.float32) / 255.0
+    return torch.from_numpy(x)
+
+
+def _idx_pair(
+    subfolder: str, split: str, root, n, binarize: bool, verify: bool, download: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, labels) of an MNIST-layout split in ``<root>/<subfolder>``."""
+    _check_split(split, MNIST_FILES)
+    _check_n(n)
+    images_file, labels_file = _locate(subfolder, MNIST_FILES[split], root, verify, download)
+    images = _read_idx(images_file, 0x803)
+    labels = _read_idx(labels_file, 0x801)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{images.shape[0]} images but {labels.shape[0]} labels in {images_file.parent}"
+        )
+    if n is not None:
+        images, labels = images[: int(n)], labels[: int(n)]
+    return _to_tensor(images, binarize), torch.from_numpy(labels.astype(np.int64))
+
+
 def mnist(
-    split: str = "train", root=None, n: int | None = None, binarize: bool = False
+    split: str = "train",
+    root=None,
+    n: int | None = None,
+    binarize: bool = False,
+    verify: bool = True,
+    download: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST from the IDX files in ``<root>/mnist/`` (``root``: see :func:`data_root`).
 
     Returns (x, labels): x (N, 784) float32 in [0, 1] (pixel / 255, or pixel > 127 as 0/1 with
-    ``binarize``) and labels (N,) int64. ``n`` keeps the first n images.
+    ``binarize``; :func:`binarize` draws dynamic binarisations instead) and labels (N,) int64.
+    ``n`` keeps the first n images (:func:`subsample` draws a random subset). ``verify`` checks
+    the files' SHA-256 against :data:`SHA256` (the shared copies) or the standard originals;
+    ``download`` fetches missing files from :data:`DOWNLOAD_URLS` (never done unless asked).
     """
-    if split not in MNIST_FILES:
-        raise ValueError(f"split must be one of {sorted(MNIST_FILES)}, got {split!r}")
-    if n is not None and (int(n) != n or n < 1):
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
-    folder = data_root(root) / "mnist"
-    images_file, labels_file = (folder / name for name in MNIST_FILES[split])
-    for path in (images_file, labels_file):
-        if not path.is_file():
-            raise FileNotFoundError(f"MNIST file not found: {path}")
-    images = _read_idx(images_file, 0x803)
-    labels = _read_idx(labels_file, 0x801)
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels in {folder}")
+    return _idx_pair("mnist", split, root, n, binarize, verify, download)
+
+
+def fashion_mnist(
+    split: str = "train",
+    root=None,
+    n: int | None = None,
+    binarize: bool = False,
+    verify: bool = True,
+    download: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST (Xiao et al., 2017) from the IDX files in ``<root>/fashion_mnist/``.
+
+    The files have MNIST's names and layout (60,000 train and 10,000 test images of 28 x 28, ten
+    classes of clothing). Returns (x, labels) as :func:`mnist` does: x (N, 784) float32 in [0, 1]
+    and labels (N,) int64; ``n``, ``binarize``, ``verify`` and ``download`` as there.
+    """
+    return _idx_pair("fashion_mnist", split, root, n, binarize, verify, download)
+
+
+def omniglot(
+    split: str = "train",
+    root=None,
+    n: int | None = None,
+    binarize: bool = False,
+    verify: bool = True,
+    download: bool = False,
+) -> tuple[torch.Tensor, None]:
+    """Omniglot at 28 x 28 from ``<root>/omniglot/omniglot28_gusruss89_images_only.npz``.
+
+    ``split`` "train" reads the array ``background_images`` (19,280 images of the background
+    alphabets), "test" the array ``evaluation_images`` (13,180). Ink is high: x is (N, 784) float32
+    in [0, 1] (pixel / 255, or pixel > 127 as 0/1 with ``binarize``). The file has no labels, so
+    the second element of the returned pair is None (the pair keeps :func:`mnist`'s convention,
+    ``x, _ = omniglot(...)``). ``n`` and ``verify`` as in :func:`mnist`. No standard URL serves
+    this file: ``download=True`` raises a FileNotFoundError saying it must be placed by hand.
+
+    This is not the 24,345 / 8,070 split of Burda et al.'s ``chardata.mat`` that the original
+    LIDVAE code uses (not available offline).
+    """
+    _check_split(split, OMNIGLOT_ARRAYS)
+    _check_n(n)
+    (path,) = _locate("omniglot", (OMNIGLOT_FILE,), root, verify, download)
+    with np.load(path) as arrays:
+        key = OMNIGLOT_ARRAYS[split]
+        if key not in arrays.files:
+            raise ValueError(f"{path} has no array {key!r}; it has {arrays.files}")
+        images = arrays[key]
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise ValueError(
+            f"{path}: {key} must be (N, 28, 28) uint8, got {images.shape} {images.dtype}"
+        )
     if n is not None:
-        images, labels = images[: int(n)], labels[: int(n)]
-    x = images.reshape(len(images), -1)
-    x = (x > 127).astype(np.float32) if binarize else x.astype(np.float32) / 255.0
-    return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+        images = images[: int(n)]
+    return _to_tensor(images, binarize), None
+
+
+# --- Binarisation, splits and subsets ----------------------------------------------------------
+
+
+def binarize(x, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dynamic binarisation: independent Bernoulli draws with probabilities ``x``.
+
+    ``x`` (a tensor or array of any shape) must lie in [0, 1]; a ValueError names the range
+    otherwise (NaN included). Returns a float tensor of 0s and 1s of the shape of ``x`` (float32
+    for integer input), drawn with ``generator`` if one is given. Call it once per epoch for a
+    fresh binarisation (as in Burda et al., 2016), rather than thresholding once.
+    """
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.float()
+    outside = ~((x >= 0) & (x <= 1))
+    if outside.any():
+        bad = x[outside]
+        raise ValueError(
+            f"x must lie in [0, 1] (probabilities), found {bad.numel()} values outside, e.g. "
+            f"{bad[0].item()!r}"
+        )
+    return torch.bernoulli(x, generator=generator)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or int(seed) != seed:
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    return int(seed)
+
+
+def split_indices(
+    n: int, n_val: int, n_test: int = 0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed random train / validation / test split of the indices 0, ..., n - 1.
+
+    Returns (train, val, test): int64 tensors of n - n_val - n_test, n_val and n_test indices,
+    disjoint and together covering range(n), each sorted; the same ``seed`` gives the same split.
+    At least one index must be left for training.
+    """
+    n = check_count("n", n)
+    n_val = check_count("n_val", n_val, minimum=0)
+    n_test = check_count("n_test", n_test, minimum=0)
+    seed = _check_seed(seed)
+    if n_val + n_test >= n:
+        raise ValueError(
+            f"n_val + n_test must be smaller than n (to leave training data), got "
+            f"n_val={n_val}, n_test={n_test}, n={n}"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    test, val, train = np.split(order, [n_test, n_test + n_val])
+    return tuple(torch.from_numpy(np.sort(part)).long() for part in (train, val, test))
+
+
+def subsample(x, labels, n: int, seed: int = 0):
+    """A random subset of ``n`` of the rows of ``x`` (and of ``labels``, which may be None), as
+    (x[idx], labels[idx]) with idx drawn without replacement by ``seed`` and kept in file order.
+
+    The paper trains on 20,000 images: ``subsample(*mnist("train"), 20_000, seed)``.
+    """
+    n = check_count("n", n)
+    seed = _check_seed(seed)
+    total = len(x)
+    if labels is not None and len(labels) != total:
+        raise ValueError(f"x has {total} rows but labels has {len(labels)}")
+    if n > total:
+        raise ValueError(f"n must be at most the number of rows, {total}, got {n}")
+    idx = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+
+    def pick(a):
+        return a[torch.from_numpy(idx)] if isinstance(a, torch.Tensor) else a[idx]
+
+    return pick(x), (None if labels is None else pick(labels))
