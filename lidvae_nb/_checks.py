@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numbers
+
 
 def check_count(name: str, value, minimum: int = 1) -> int:
     """``value`` as an int, or a ValueError naming it: a whole number (an int or an integral
-    float) of at least ``minimum`` (1: "a positive integer", 0: "a non-negative integer")."""
-    if int(value) != value or value < minimum:
+    float, not a bool or a string) of at least ``minimum`` (1: "a positive integer", 0: "a
+    non-negative integer")."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or int(value) != value or value < minimum:
         kind = {1: "positive integer", 0: "non-negative integer"}.get(
             minimum, f"integer >= {minimum}"
         )

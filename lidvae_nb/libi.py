@@ -32,6 +32,7 @@ from torch import nn
 from lidvae_nb._checks import check_count
 from lidvae_nb.data import JTE_B, SYNTHETIC, jte_loading, synthetic
 from lidvae_nb.metrics import henze_zirkler, iwae_log_likelihood, smooth_knn_statistic
+from lidvae_nb.report import provenance
 from lidvae_nb.trainer import TrainConfig, Trainer
 
 DECODERS = ("truth", "injective")
@@ -502,44 +503,6 @@ def run_table(jobs: list[dict], workers: int = 1, progress: bool = True) -> list
             return [f.result() for f in futures]
     finally:
         bar.close()
-
-
-def provenance(config: dict, wall_seconds: float) -> dict:
-    """Where a stored result came from: its configuration, the git commit, the versions, the
-    machine and the wall time."""
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    import lidvae_nb
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", None
-    return {
-        "config": config,
-        "commit": commit,
-        "uncommitted_changes": dirty,
-        "versions": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "lidvae_nb": lidvae_nb.__version__,
-        },
-        "device": f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.platform()})",
-        "wall_seconds": round(wall_seconds, 1),
-    }
 
 
 def table_jobs(

@@ -1,4 +1,4 @@
-"""Tables that put a paper's claim or number beside ours."""
+"""Tables that put a paper's claim or number beside ours, and the provenance of stored results."""
 
 from __future__ import annotations
 
@@ -39,3 +39,52 @@ def paper_vs_ours(rows: Iterable[Sequence]) -> str:
             row[3] = "yes" if agrees else "**no**"
         out.append(row)
     return markdown_table(out, ["", "paper", "ours", "agrees"])
+
+
+def provenance(config: dict, wall_seconds: float) -> dict:
+    """Where a stored result came from: its configuration, the git commit, the versions, the
+    machine and the wall time.
+
+    With CUDA available, ``versions["cuda"]`` holds the CUDA version torch was built with and
+    ``device`` also names the GPU.
+    """
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    import torch
+
+    import lidvae_nb
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", None
+    versions = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "lidvae_nb": lidvae_nb.__version__,
+    }
+    device = f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.platform()})"
+    if torch.cuda.is_available():
+        versions["cuda"] = torch.version.cuda
+        device += f"; GPU: {torch.cuda.get_device_name(torch.cuda.current_device())}"
+    return {
+        "config": config,
+        "commit": commit,
+        "uncommitted_changes": dirty,
+        "versions": versions,
+        "device": device,
+        "wall_seconds": round(wall_seconds, 1),
+    }

@@ -1,0 +1,535 @@
+"""The image experiments (Wang et al., Table 1 on images): one run per (data set, method, decoder
+depth, seed), each stored as one JSON file, skipped when already done and resumed from its
+checkpoint when interrupted.
+
+Methods (:data:`METHODS`, each a model of :mod:`lidvae_nb.models` and a scheme of
+:class:`lidvae_nb.trainer.TrainConfig`): ``vae``, ``savae`` (semi-amortised), ``lagging`` (lagging
+inference networks), ``beta`` (beta-VAE, beta = 0.2 by default), ``lidvae``, ``gmvae`` and
+``lidgmvae``. Data sets (:data:`DATASETS`): ``mnist``, ``fashion_mnist`` and ``omniglot`` from
+:mod:`lidvae_nb.data`; the models see 784 pixels under a Bernoulli likelihood.
+
+A grid is a TOML file: four lists that are crossed, and settings shared by every run (any field
+of :class:`RunSpec`)::
+
+    datasets = ["mnist", "fashion_mnist", "omniglot"]
+    methods = ["vae", "savae", "lagging", "beta", "lidvae", "gmvae", "lidgmvae"]
+    depths = [2]
+    seeds = [0, 1, 2]
+    epochs = 50
+    n_train = 20000
+
+Run it with ``python -m lidvae_nb.experiments GRID.toml --out DIR [--workers N] [--data-root
+PATH]``; read the results with :func:`collect`. Each run writes ``DIR/<run id>.json`` (metrics,
+spec, training history, provenance) and keeps its checkpoint and per-epoch log in
+``DIR/<run id>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import torch
+
+from lidvae_nb import data as _data
+from lidvae_nb._checks import check_count
+from lidvae_nb.metrics import collapse_report
+from lidvae_nb.models import ModelConfig, build_model
+from lidvae_nb.report import provenance
+from lidvae_nb.trainer import TrainConfig, Trainer
+
+#: Each method as (model name for :func:`lidvae_nb.models.build_model`, trainer scheme).
+METHODS = {
+    "vae": ("vae", "elbo"),
+    "savae": ("vae", "savae"),
+    "lagging": ("vae", "lagging"),
+    "beta": ("vae", "beta"),
+    "lidvae": ("lidvae", "elbo"),
+    "gmvae": ("gmvae", "elbo"),
+    "lidgmvae": ("lidgmvae", "elbo"),
+}
+#: The image data sets, by name, with their loaders (``split``, ``root``, ``verify``).
+DATASETS = {
+    "mnist": _data.mnist,
+    "fashion_mnist": _data.fashion_mnist,
+    "omniglot": _data.omniglot,
+}
+#: The pixels per image (28 x 28); every model here has ``data_dim`` 784 and a Bernoulli likelihood.
+IMAGE_DIM = 784
+#: The grid file's lists and the :class:`RunSpec` field each one sets.
+GRID_LISTS = {"datasets": "dataset", "methods": "method", "depths": "depth", "seeds": "seed"}
+#: Spec fields that do not change a run's result (a stored result is reused whatever they are).
+_NOT_RESULT_FIELDS = ("verify",)
+#: Spec fields that may grow between an interrupted run and its continuation.
+_RESUMABLE_FIELDS = ("epochs",)
+_TAG = re.compile(r"[A-Za-z0-9_.]*")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive(name: str, value) -> float:
+    if not _is_number(value) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class RunSpec:
+    """One run of the image experiments. Defaults follow the paper's image settings (RMSprop,
+    learning rate 1e-3, batch 100, gradient clip 5, a 20,000-image training subsample, 64 latent
+    dimensions).
+
+    ``depth`` is the decoder depth (hidden layers of the MLP, or of each ICNN of the injective
+    decoder); ``encoder_depth`` that of the encoder. ``n_val`` images of the training file are
+    held out for validation (used by the lagging scheme's stopping rule and logged every epoch),
+    ``n_train`` are drawn from the rest, and ``n_test`` from the test file (0: all of it); the
+    draws depend on ``data_seed`` only, so every method and seed sees the same images. Training
+    batches are binarised afresh at every step (dynamic binarisation); validation and test images
+    are binarised once, with a seed fixed by ``data_seed``. ``n_clusters`` is used by the mixture
+    models only, ``beta`` by ``beta``, ``savae_*`` by ``savae``, ``lagging_max_inner`` by
+    ``lagging``. ``iwae_samples`` importance samples per test image give the log-likelihood (0:
+    skip it). ``tag`` (letters, digits, ``_``, ``.``) is appended to the run id to tell apart
+    variants that differ in other settings. ``verify`` checks the data files' SHA-256.
+
+    Dict-like: ``spec["method"]``, ``dict(spec)``, ``to_dict()``, ``from_dict(d)``.
+    """
+
+    dataset: str = "mnist"
+    method: str = "vae"
+    depth: int = 2
+    seed: int = 0
+    epochs: int = 50
+    n_train: int = 20_000
+    n_val: int = 1_000
+    n_test: int = 10_000
+    batch_size: int = 100
+    lr: float = 1e-3
+    optimizer: str = "rmsprop"
+    grad_clip: float = 5.0
+    latent_dim: int = 64
+    hidden: int = 512
+    encoder_depth: int = 2
+    n_clusters: int = 10
+    flow_layers: int = 0
+    iwae_samples: int = 500
+    beta: float = 0.2
+    savae_steps: int = 10
+    savae_lr: float = 1.0
+    lagging_max_inner: int = 100
+    data_seed: int = 0
+    tag: str = ""
+    verify: bool = True
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+        for name in (
+            "depth",
+            "epochs",
+            "n_train",
+            "batch_size",
+            "latent_dim",
+            "hidden",
+            "encoder_depth",
+            "n_clusters",
+            "savae_steps",
+            "lagging_max_inner",
+        ):
+            setattr(self, name, check_count(name, getattr(self, name)))
+        for name in ("seed", "data_seed", "n_val", "n_test", "flow_layers", "iwae_samples"):
+            setattr(self, name, check_count(name, getattr(self, name), minimum=0))
+        for name in ("lr", "grad_clip", "beta", "savae_lr"):
+            setattr(self, name, _positive(name, getattr(self, name)))
+        if self.latent_dim > IMAGE_DIM:
+            raise ValueError(f"latent_dim must be at most {IMAGE_DIM}, got {self.latent_dim}")
+        if self.optimizer not in ("adam", "rmsprop"):
+            raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {self.optimizer!r}")
+        if not isinstance(self.tag, str) or not _TAG.fullmatch(self.tag):
+            raise ValueError(f"tag may hold only letters, digits, '_' and '.', got {self.tag!r}")
+        if not isinstance(self.verify, bool):
+            raise ValueError(f"verify must be true or false, got {self.verify!r}")
+        if self.method == "savae" and self.flow_layers > 0:
+            raise ValueError(
+                f"method 'savae' refines a Gaussian q(z | x) and needs flow_layers=0, got "
+                f"flow_layers={self.flow_layers}"
+            )
+        if self.method == "lagging" and self.n_val < 2:
+            raise ValueError(
+                f"method 'lagging' stops its aggressive phase on validation MI and needs "
+                f"n_val >= 2, got n_val={self.n_val}"
+            )
+
+    # --- dict-like ----------------------------------------------------------------------------
+    def keys(self):
+        return [f.name for f in dataclasses.fields(self)]
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunSpec:
+        """A spec from a dict; a ValueError names any key that is not a field."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown run setting(s) {unknown}; the settings are {names}")
+        return cls(**values)
+
+    def replace(self, **changes) -> RunSpec:
+        return dataclasses.replace(self, **changes)
+
+    # --- identity -----------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        """``<dataset>-<method>-d<depth>-s<seed>``, then ``-<tag>`` if there is one."""
+        base = f"{self.dataset}-{self.method}-d{self.depth}-s{self.seed}"
+        return f"{base}-{self.tag}" if self.tag else base
+
+    @property
+    def model_name(self) -> str:
+        return METHODS[self.method][0]
+
+    @property
+    def scheme(self) -> str:
+        return METHODS[self.method][1]
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            data_dim=IMAGE_DIM,
+            latent_dim=self.latent_dim,
+            hidden=self.hidden,
+            encoder_depth=self.encoder_depth,
+            decoder_depth=self.depth,
+            likelihood="bernoulli",
+            n_clusters=self.n_clusters,
+            flow_layers=self.flow_layers,
+        )
+
+    def train_config(self, checkpoint_dir=None, device=None, progress=False) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            grad_clip=self.grad_clip,
+            scheme=self.scheme,
+            beta=self.beta,
+            lagging_max_inner=self.lagging_max_inner,
+            savae_steps=self.savae_steps,
+            savae_lr=self.savae_lr,
+            seed=self.seed,
+            device=device,
+            checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+            progress=progress,
+        )
+
+
+# --- grids --------------------------------------------------------------------------------------
+
+
+def expand_grid(grid: dict) -> list[RunSpec]:
+    """The runs of a grid given as a dict (the contents of a grid file): the cartesian product of
+    the lists ``datasets``, ``methods``, ``depths`` and ``seeds`` (in that order), every other
+    key a setting shared by all runs."""
+    grid = dict(grid)
+    missing = [key for key in GRID_LISTS if key not in grid]
+    if missing:
+        raise ValueError(f"the grid lacks the list(s) {missing}; it needs {list(GRID_LISTS)}")
+    lists = {}
+    for key in GRID_LISTS:
+        value = grid.pop(key)
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"grid key {key!r} must be a non-empty list, got {value!r}")
+        lists[key] = value
+    crossed = sorted(set(grid) & set(GRID_LISTS.values()))
+    if crossed:
+        raise ValueError(
+            f"set {crossed} through the lists {[k for k, v in GRID_LISTS.items() if v in crossed]}"
+        )
+    shared = RunSpec.from_dict(grid).to_dict()  # validates the shared settings once
+    specs = [
+        RunSpec.from_dict({**shared, "dataset": d, "method": m, "depth": k, "seed": s})
+        for d, m, k, s in product(*lists.values())
+    ]
+    _check_unique(specs)
+    return specs
+
+
+def load_grid(path) -> list[RunSpec]:
+    """The runs of the TOML grid file ``path`` (see :func:`expand_grid` and the module's help)."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        grid = tomllib.load(f)
+    try:
+        return expand_grid(grid)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def _check_unique(specs) -> None:
+    seen, dup = set(), set()
+    for spec in specs:
+        (dup if spec.run_id in seen else seen).add(spec.run_id)
+    if dup:
+        raise ValueError(f"runs with the same id would share one result file: {sorted(dup)}")
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+
+def load_data(spec: RunSpec, data_root=None) -> dict:
+    """The run's images as float tensors (N, 784) in [0, 1]: ``train`` (grey levels, binarised
+    per batch while training), ``val`` and ``test`` (binarised once, fixed by ``data_seed``),
+    and ``test_labels`` (int64, or None for Omniglot). ``val`` is None when ``n_val`` is 0."""
+    loader = DATASETS[spec.dataset]
+    x, _ = loader("train", root=data_root, verify=spec.verify)
+    if spec.n_val + spec.n_train > len(x):
+        raise ValueError(
+            f"{spec.dataset} has {len(x)} training images, fewer than n_train + n_val = "
+            f"{spec.n_train} + {spec.n_val}"
+        )
+    train_idx, val_idx, _ = _data.split_indices(len(x), spec.n_val, seed=spec.data_seed)
+    train, _ = _data.subsample(x[train_idx], None, spec.n_train, seed=spec.data_seed)
+    xt, yt = loader("test", root=data_root, verify=spec.verify)
+    if spec.n_test > len(xt):
+        raise ValueError(
+            f"{spec.dataset} has {len(xt)} test images, fewer than n_test = {spec.n_test}"
+        )
+    if spec.n_test:
+        xt, yt = _data.subsample(xt, yt, spec.n_test, seed=spec.data_seed)
+    gen = torch.Generator().manual_seed(1_000_003 * spec.data_seed + 17)
+    val = _data.binarize(x[val_idx], generator=gen) if spec.n_val else None
+    return {
+        "train": train,
+        "val": val,
+        "test": _data.binarize(xt, generator=gen),
+        "test_labels": yt,
+    }
+
+
+def _comparable(spec: dict, ignore=()) -> dict:
+    return {k: v for k, v in spec.items() if k not in _NOT_RESULT_FIELDS and k not in ignore}
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _write_json(path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool = False) -> dict:
+    """Train and evaluate one run; store it as ``out_dir/<run id>.json`` and return it.
+
+    A run whose result file exists, with the same spec, is not run again: the stored result is
+    returned. The checkpoint (and a per-epoch ``log.jsonl``) lives in ``out_dir/<run id>/``, so
+    an interrupted run resumes where it stopped, and a finished run asked again with more
+    ``epochs`` continues training. Any other change of the spec for an existing run is an error
+    (use another ``tag`` or ``out_dir``).
+
+    The result holds ``id``, ``spec``, ``metrics`` (on the test images:
+    :func:`lidvae_nb.metrics.collapse_report`, that is ``au``, ``kl``, ``mi``,
+    ``log_likelihood`` and, for the mixture models, ``cluster_mi``, ``cluster_entropy`` and,
+    where the data set has labels, ``cluster_accuracy``), ``history`` (one record per epoch),
+    ``epochs``, ``resumed_from_epoch``, ``n_images``, ``error`` (None, or the message of a stop on
+    a non-finite loss, in which case ``metrics`` is empty) and ``provenance``
+    (:func:`lidvae_nb.report.provenance` plus ``epochs``).
+    """
+    if not isinstance(spec, RunSpec):
+        spec = RunSpec.from_dict(dict(spec))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_path = out_dir / f"{spec.run_id}.json"
+    spec_dict = spec.to_dict()
+    if result_path.exists():
+        stored = json.loads(result_path.read_text())
+        if _comparable(stored["spec"]) == _comparable(spec_dict):
+            return stored
+        changed = _differences(_comparable(stored["spec"]), _comparable(spec_dict))
+        if set(changed) - set(_RESUMABLE_FIELDS):
+            raise ValueError(
+                f"{result_path} holds run {spec.run_id} with other settings ({changed} differ); "
+                "give this run another tag or out_dir, or delete the old result and its folder"
+            )
+    run_dir = out_dir / spec.run_id
+    run_dir.mkdir(exist_ok=True)
+    spec_path = run_dir / "spec.json"
+    if spec_path.exists():
+        saved = json.loads(spec_path.read_text())
+        changed = _differences(
+            _comparable(saved, _RESUMABLE_FIELDS), _comparable(spec_dict, _RESUMABLE_FIELDS)
+        )
+        if changed:
+            raise ValueError(
+                f"the checkpoint in {run_dir} was written with other settings ({changed} "
+                "differ); give this run another tag or out_dir, or delete that folder"
+            )
+    _write_json(spec_path, spec_dict)
+
+    start = time.perf_counter()
+    sets = load_data(spec, data_root)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model_name, spec.model_config())
+    trainer = Trainer(
+        model,
+        spec.train_config(checkpoint_dir=run_dir, device=device, progress=progress),
+        batch_transform=_data.binarize,
+    )
+    resumed_from = trainer.epoch
+    if resumed_from > spec.epochs:
+        raise ValueError(
+            f"the checkpoint in {run_dir} has {resumed_from} epochs, more than epochs = "
+            f"{spec.epochs}"
+        )
+    val = sets["val"]
+    error, metrics = None, {}
+    try:
+        trainer.fit(sets["train"], None if val is None else val.to(trainer.device))
+    except FloatingPointError as err:  # the trainer's stop on a non-finite loss
+        error = str(err)
+    if error is None:
+        labels = sets["test_labels"]
+        metrics = collapse_report(
+            trainer.model,
+            sets["test"].to(trainer.device),
+            iwae_samples=spec.iwae_samples,
+            labels=None if labels is None else labels.numpy(),
+        )
+    prov = provenance(spec_dict, time.perf_counter() - start)
+    prov["epochs"] = trainer.epoch
+    record = {
+        "id": spec.run_id,
+        "spec": spec_dict,
+        "metrics": metrics,
+        "error": error,
+        "epochs": trainer.epoch,
+        "resumed_from_epoch": resumed_from,
+        "n_images": {
+            "train": len(sets["train"]),
+            "val": 0 if val is None else len(val),
+            "test": len(sets["test"]),
+        },
+        "history": trainer.history,
+        "provenance": prov,
+    }
+    _write_json(result_path, record)
+    return json.loads(result_path.read_text())
+
+
+# --- grids of runs ------------------------------------------------------------------------------
+
+
+def _run_job(spec: RunSpec, out_dir: str, data_root, device, threads: int | None) -> dict:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return run_one(spec, out_dir, data_root=data_root, device=device)
+
+
+def run_grid(
+    specs,
+    out_dir,
+    workers: int = 1,
+    data_root=None,
+    executor=None,
+    device=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run every spec (:func:`run_one`) and return the results in the order of ``specs``.
+
+    ``workers`` > 1 runs them in that many processes (spawn context, one thread each); 1 runs
+    them here, one after the other. Runs already stored in ``out_dir`` are skipped, and
+    interrupted ones resume, so a grid can be restarted as it is.
+
+    ``executor``, if given, replaces the process pool: any object whose ``submit(fn, *args)``
+    returns a future with ``result()``, such as a ``concurrent.futures`` executor or a
+    ``submitit`` executor for a cluster (``submitit.AutoExecutor(folder=...)`` with
+    ``update_parameters(...)`` set as the cluster needs; its jobs must see ``out_dir`` and the
+    data). ``workers`` is then ignored.
+    """
+    from tqdm import tqdm
+
+    specs = [s if isinstance(s, RunSpec) else RunSpec.from_dict(dict(s)) for s in specs]
+    _check_unique(specs)
+    workers = check_count("workers", workers)
+    out_dir = str(Path(out_dir))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    root = None if data_root is None else str(data_root)
+    bar = tqdm(total=len(specs), desc="runs", disable=not progress)
+    try:
+        if executor is None and workers == 1:
+            out = []
+            for spec in specs:
+                out.append(_run_job(spec, out_dir, root, device, None))
+                bar.update(1)
+            return out
+        if executor is not None:
+            futures = [executor.submit(_run_job, s, out_dir, root, device, None) for s in specs]
+            out = []
+            for f in futures:
+                out.append(f.result())
+                bar.update(1)
+            return out
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_run_job, s, out_dir, root, device, 1) for s in specs]
+            for f in futures:
+                f.add_done_callback(lambda _: bar.update(1))
+            return [f.result() for f in futures]
+    finally:
+        bar.close()
+
+
+def collect(out_dir) -> list[dict]:
+    """Every result stored in ``out_dir`` (the ``<run id>.json`` files), sorted by run id."""
+    results = []
+    for path in sorted(Path(out_dir).glob("*.json")):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and "id" in record and "spec" in record:
+            results.append(record)
+    return sorted(results, key=lambda r: r["id"])
+
+
+def main(argv=None) -> None:
+    """``python -m lidvae_nb.experiments GRID.toml --out DIR``: run the image experiments of a
+    grid file, one JSON result per run in DIR (runs already there are skipped)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("grid", help="TOML grid file")
+    parser.add_argument("--out", required=True, help="folder of the results and checkpoints")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--data-root", default=None, help="data folder (default: $LIDVAE_DATA)")
+    parser.add_argument("--device", default=None, help="torch device (default: CUDA if present)")
+    args = parser.parse_args(argv)
+    specs = load_grid(args.grid)
+    results = run_grid(
+        specs, args.out, workers=args.workers, data_root=args.data_root, device=args.device
+    )
+    failed = [r["id"] for r in results if r.get("error")]
+    print(f"{len(results)} runs in {args.out}" + (f"; stopped on NaN: {failed}" if failed else ""))
+
+
+if __name__ == "__main__":
+    main()

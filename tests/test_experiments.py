@@ -1,0 +1,235 @@
+"""The image-experiment runner, on tiny fake IDX files written here (no real data needed)."""
+
+import gzip
+import json
+import math
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lidvae_nb import experiments, libi, report
+from lidvae_nb.data import MNIST_FILES
+from lidvae_nb.experiments import RunSpec, collect, load_grid, run_grid, run_one
+
+torch.set_num_threads(1)
+
+PROVENANCE_KEYS = {"config", "commit", "versions", "device", "wall_seconds", "epochs"}
+
+
+def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _write_fake(root: Path, name: str, n_train: int = 40, n_test: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images_name, labels_name = MNIST_FILES[split]
+        _write_idx(folder / images_name, rng.integers(0, 256, size=(n, 28, 28)), 0x803)
+        _write_idx(folder / labels_name, rng.integers(0, 3, size=n), 0x801)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    _write_fake(path, "mnist")
+    _write_fake(path, "fashion_mnist", seed=1)
+    return path
+
+
+TINY = dict(
+    epochs=1,
+    n_train=30,
+    n_val=6,
+    n_test=10,
+    batch_size=10,
+    latent_dim=2,
+    hidden=16,
+    encoder_depth=1,
+    depth=1,
+    n_clusters=3,
+    iwae_samples=5,
+    verify=False,
+)
+
+
+def tiny(**changes) -> RunSpec:
+    return RunSpec.from_dict({**TINY, **changes})
+
+
+def _log_lines(run_dir: Path) -> int:
+    return len((run_dir / "log.jsonl").read_text().splitlines())
+
+
+# --- specs and grids ----------------------------------------------------------------------------
+
+
+def test_a_grid_file_expands_to_the_cartesian_product_with_shared_settings(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'datasets = ["mnist", "omniglot"]\n'
+        'methods = ["vae", "lidgmvae", "savae"]\n'
+        "depths = [1, 2]\n"
+        "seeds = [0, 1]\n"
+        "epochs = 3\n"
+        "hidden = 8\n"
+        'tag = "small"\n'
+    )
+    specs = load_grid(grid)
+    assert len(specs) == 2 * 3 * 2 * 2
+    ids = [s.run_id for s in specs]
+    assert len(set(ids)) == len(ids)
+    assert ids[0] == "mnist-vae-d1-s0-small"
+    assert "omniglot-lidgmvae-d2-s1-small" in ids
+    assert all(s.epochs == 3 and s.hidden == 8 for s in specs)
+    assert {s.method for s in specs} == {"vae", "lidgmvae", "savae"}
+    assert specs[5]["method"] == specs[5].method and dict(specs[5])["depth"] == specs[5].depth
+    assert RunSpec(dataset="fashion_mnist", method="lidgmvae", depth=2).run_id == (
+        "fashion_mnist-lidgmvae-d2-s0"
+    )
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"method": "wae"}, "method"),
+        ({"dataset": "cifar"}, "dataset"),
+        ({"depth": 0}, "depth"),
+        ({"epochs": 1.5}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"n_val": -1}, "n_val"),
+        ({"tag": "a b"}, "tag"),
+        ({"method": "savae", "flow_layers": 2}, "flow_layers"),
+        ({"method": "lagging", "n_val": 0}, "n_val"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_spec_values_are_named(changes, match):
+    with pytest.raises(ValueError, match=match):
+        RunSpec.from_dict(changes)
+
+
+def test_bad_grid_files_are_named(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('datasets = ["mnist"]\nmethods = ["vae"]\ndepths = [1]\n')
+    with pytest.raises(ValueError, match="seeds"):
+        load_grid(grid)
+    grid.write_text('datasets = ["mnist"]\nmethods = []\ndepths = [1]\nseeds = [0]\n')
+    with pytest.raises(ValueError, match="methods"):
+        load_grid(grid)
+    grid.write_text('datasets = ["mnist"]\nmethods = ["vae"]\ndepths = [1]\nseeds = [0]\nx = 1\n')
+    with pytest.raises(ValueError, match="'x'"):
+        load_grid(grid)
+    grid.write_text('datasets = ["mnist"]\nmethods = ["vae"]\ndepths = [1]\nseeds = [0, 0]\n')
+    with pytest.raises(ValueError, match="same id"):
+        load_grid(grid)
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def test_one_run_stores_finite_metrics_and_provenance_and_is_then_skipped(root, tmp_path):
+    spec = tiny()
+    result = run_one(spec, tmp_path, data_root=root)
+    path = tmp_path / f"{spec.run_id}.json"
+    assert path.exists() and json.loads(path.read_text()) == result
+    assert result["id"] == "mnist-vae-d1-s0" and result["error"] is None
+    for key in ("au", "kl", "mi", "log_likelihood"):
+        assert math.isfinite(result["metrics"][key]), key
+    assert result["metrics"]["log_likelihood"] < 0
+    assert result["n_images"] == {"train": 30, "val": 6, "test": 10}
+    assert PROVENANCE_KEYS <= set(result["provenance"])
+    assert result["provenance"]["config"] == spec.to_dict() == result["spec"]
+    assert result["provenance"]["epochs"] == result["epochs"] == len(result["history"]) == 1
+    assert "val_loss" in result["history"][0]
+    # Asked again: the stored result, nothing retrained or rewritten.
+    mtime = path.stat().st_mtime_ns
+    again = run_one(spec, tmp_path, data_root=root)
+    assert again == result
+    assert path.stat().st_mtime_ns == mtime
+    assert _log_lines(tmp_path / spec.run_id) == 1
+    # A changed setting for the same id is refused, naming the setting.
+    with pytest.raises(ValueError, match="hidden"):
+        run_one(spec.replace(hidden=8), tmp_path, data_root=root)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(root, tmp_path):
+    first = run_one(tiny(epochs=1), tmp_path, data_root=root)
+    second = run_one(tiny(epochs=2), tmp_path, data_root=root)
+    assert second["resumed_from_epoch"] == 1 and second["epochs"] == 2
+    assert len(second["history"]) == 2
+    assert second["history"][0] == first["history"][0]
+    # Epoch 1 was not trained again: one log line per epoch trained.
+    assert _log_lines(tmp_path / "mnist-vae-d1-s0") == 2
+    # A checkpoint left without a result file (a run killed mid-way) is resumed too.
+    (tmp_path / "mnist-vae-d1-s0.json").unlink()
+    third = run_one(tiny(epochs=3), tmp_path, data_root=root)
+    assert third["resumed_from_epoch"] == 2 and len(third["history"]) == 3
+
+
+def test_run_grid_runs_every_spec_and_collect_reads_them(root, tmp_path):
+    specs = [tiny(), tiny(dataset="fashion_mnist", method="lidgmvae")]
+    results = run_grid(specs, tmp_path, workers=1, data_root=root, progress=False)
+    assert [r["id"] for r in results] == ["mnist-vae-d1-s0", "fashion_mnist-lidgmvae-d1-s0"]
+    mixture = results[1]["metrics"]
+    assert 0 <= mixture["cluster_accuracy"] <= 1 and math.isfinite(mixture["cluster_mi"])
+    stored = collect(tmp_path)
+    assert sorted(r["id"] for r in stored) == sorted(r["id"] for r in results)
+    assert {r["id"]: r for r in stored} == {r["id"]: r for r in results}
+
+    class RecordingExecutor:  # the submit(fn, *args) -> future interface of submitit
+        def __init__(self):
+            self.calls = 0
+
+        def submit(self, fn, *args):
+            self.calls += 1
+            future = Future()
+            future.set_result(fn(*args))
+            return future
+
+    executor = RecordingExecutor()
+    again = run_grid(specs, tmp_path, data_root=root, executor=executor, progress=False)
+    assert executor.calls == 2 and again == results
+    with pytest.raises(ValueError, match="same id"):
+        run_grid([tiny(), tiny()], tmp_path, data_root=root, progress=False)
+
+
+def test_the_command_line_writes_one_file_per_run(root, tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    settings = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY.items() if k != "depth")
+    grid.write_text(
+        'datasets = ["mnist"]\nmethods = ["beta", "lidvae"]\ndepths = [1]\nseeds = [3]\n'
+        + settings
+        + "\n"
+    )
+    out = tmp_path / "out"
+    experiments.main([str(grid), "--out", str(out), "--data-root", str(root)])
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        "mnist-beta-d1-s3.json",
+        "mnist-lidvae-d1-s3.json",
+    ]
+    assert all(r["error"] is None for r in collect(out))
+    assert "2 runs" in capsys.readouterr().out
+
+
+# --- provenance ---------------------------------------------------------------------------------
+
+
+def test_provenance_lives_in_report_and_names_the_gpu_when_there_is_one(monkeypatch):
+    assert libi.provenance is report.provenance
+    prov = report.provenance({"a": 1}, 2.0)
+    assert {"config", "commit", "versions", "device", "wall_seconds"} <= set(prov)
+    assert prov["config"] == {"a": 1} and prov["wall_seconds"] == 2.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Fake GPU 80GB")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    prov = report.provenance({}, 1.0)
+    assert prov["versions"]["cuda"] == "12.4"
+    assert "Fake GPU 80GB" in prov["device"]
