@@ -40,6 +40,7 @@ from torch import distributions as D
 from torch import nn
 
 from lidvae_nb._checks import check_count
+from lidvae_nb.models import StandardNormalVAE
 
 # --- closed forms (NumPy, float64) -------------------------------------------------------------
 
@@ -383,7 +384,7 @@ class LinearMeanFieldEncoder(nn.Module):
         return D.Independent(D.Normal(x @ self.gain.T, scale), 1)
 
 
-class LinearGaussianVAE(nn.Module):
+class LinearGaussianVAE(StandardNormalVAE):
     """A VAE with a linear-Gaussian decoder (:class:`ScalarDecoder` or :class:`CholeskyDecoder`)
     and a linear mean-field encoder, with the interface of :mod:`lidvae_nb.models`.
 
@@ -400,17 +401,6 @@ class LinearGaussianVAE(nn.Module):
         self.encoder = LinearMeanFieldEncoder(self.data_dim, self.latent_dim)
         self.n_samples = int(n_samples)
         self.register_buffer("_zeros", torch.zeros(self.latent_dim))
-
-    def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.data_dim:
-            raise ValueError(f"x must have shape (B, {self.data_dim}), got {tuple(x.shape)}")
-
-    def prior(self) -> D.Distribution:
-        return D.Independent(D.Normal(self._zeros, torch.ones_like(self._zeros)), 1)
-
-    def encode(self, x: torch.Tensor) -> D.Distribution:
-        self._check(x)
-        return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> D.Distribution:
         """p(x | z) for z (..., K): batch shape (...), event (D,)."""

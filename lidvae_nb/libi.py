@@ -32,6 +32,7 @@ from torch import nn
 from lidvae_nb._checks import check_count
 from lidvae_nb.data import JTE_B, SYNTHETIC, jte_loading, synthetic
 from lidvae_nb.metrics import henze_zirkler, iwae_log_likelihood, smooth_knn_statistic
+from lidvae_nb.models import StandardNormalVAE
 from lidvae_nb.report import provenance
 from lidvae_nb.trainer import TrainConfig, Trainer
 
@@ -122,7 +123,7 @@ def truth_decoder(name: str) -> nn.Module:
 # --- the model -----------------------------------------------------------------------------------
 
 
-class SyntheticVAE(nn.Module):
+class SyntheticVAE(StandardNormalVAE):
     """A VAE for Yacoby et al.'s data set ``name`` (see :data:`lidvae_nb.data.SYNTHETIC`).
 
     z ~ N(0, I_2), x | z ~ N(f(z), v I) with v the data set's true noise variance, fixed; f is
@@ -153,17 +154,6 @@ class SyntheticVAE(nn.Module):
             )
         self.register_buffer("noise_scale", torch.tensor(math.sqrt(SYNTHETIC[name]["noise_var"])))
         self.register_buffer("_zeros", torch.zeros(self.latent_dim))
-
-    def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.data_dim:
-            raise ValueError(f"x must have shape (B, {self.data_dim}), got {tuple(x.shape)}")
-
-    def prior(self) -> D.Distribution:
-        return D.Independent(D.Normal(self._zeros, torch.ones_like(self._zeros)), 1)
-
-    def encode(self, x: torch.Tensor) -> D.Distribution:
-        self._check(x)
-        return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> D.Distribution:
         """p(x | z) for z (..., 2): batch shape (...), event (D,)."""

@@ -89,6 +89,27 @@ class ModelConfig:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
 
 
+class StandardNormalVAE(nn.Module):
+    """The shared shape of a VAE with p(z) = N(0, I_K).
+
+    Subclasses set ``self.data_dim``, ``self.encoder`` (x -> q(z | x)) and a buffer ``_zeros`` of
+    size K, and get the data check, ``prior()`` and ``encode(x)``; used by
+    :mod:`lidvae_nb.global_optima` and :mod:`lidvae_nb.libi`."""
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.data_dim:
+            raise ValueError(f"x must have shape (B, {self.data_dim}), got {tuple(x.shape)}")
+
+    def prior(self) -> D.Distribution:
+        """p(z) = N(0, I_K), event (K,)."""
+        return D.Independent(D.Normal(self._zeros, torch.ones_like(self._zeros)), 1)
+
+    def encode(self, x: torch.Tensor) -> D.Distribution:
+        """q(z | x): batch (B,), event (K,)."""
+        self._check(x)
+        return self.encoder(x)
+
+
 class AffineCoupling(D.Transform, nn.Module):
     """One RealNVP coupling layer: half of z rescales and shifts the other half.
 
