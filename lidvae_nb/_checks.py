@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -16,3 +17,12 @@ def check_count(name: str, value, minimum: int = 1) -> int:
         )
         raise ValueError(f"{name} must be a {kind}, got {value!r}")
     return int(value)
+
+
+def check_positive(name: str, value) -> float:
+    """``value`` as a float, or a ValueError naming it: a finite real number > 0 (not a bool or a
+    string)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+    return float(value)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 
 from lidvae_nb import data as _data
-from lidvae_nb._checks import check_count
+from lidvae_nb._checks import check_count, check_positive
 from lidvae_nb.metrics import collapse_report
 from lidvae_nb.models import ModelConfig, build_model
 from lidvae_nb.report import provenance
@@ -70,16 +69,6 @@ _NOT_RESULT_FIELDS = ("verify",)
 #: Spec fields that may grow between an interrupted run and its continuation.
 _RESUMABLE_FIELDS = ("epochs",)
 _TAG = re.compile(r"[A-Za-z0-9_.]*")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive(name: str, value) -> float:
-    if not _is_number(value) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -150,7 +139,7 @@ class RunSpec:
         for name in ("seed", "data_seed", "n_val", "n_test", "flow_layers", "iwae_samples"):
             setattr(self, name, check_count(name, getattr(self, name), minimum=0))
         for name in ("lr", "grad_clip", "beta", "savae_lr"):
-            setattr(self, name, _positive(name, getattr(self, name)))
+            setattr(self, name, check_positive(name, getattr(self, name)))
         if self.latent_dim > IMAGE_DIM:
             raise ValueError(f"latent_dim must be at most {IMAGE_DIM}, got {self.latent_dim}")
         if self.optimizer not in ("adam", "rmsprop"):

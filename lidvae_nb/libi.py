@@ -22,15 +22,17 @@ Every optimisation here runs through the one :class:`lidvae_nb.trainer.Trainer`,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import distributions as D
 from torch import nn
 
-from lidvae_nb._checks import check_count
-from lidvae_nb.data import JTE_B, SYNTHETIC, jte_loading, synthetic
+from lidvae_nb._checks import check_count, check_positive
+from lidvae_nb.data import JTE_B, SYNTHETIC, _check_synthetic, jte_loading, synthetic
 from lidvae_nb.metrics import henze_zirkler, iwae_log_likelihood, smooth_knn_statistic
 from lidvae_nb.models import StandardNormalVAE
 from lidvae_nb.report import provenance
@@ -55,7 +57,7 @@ class _SigmoidCubeRoot(nn.Module):
 
 def encoder_body(name: str) -> tuple[nn.Module, int]:
     """The paper's encoder for data set ``name`` up to its output layer: (module, width)."""
-    dim = SYNTHETIC[name]["data_dim"]
+    dim = _check_synthetic(name)["data_dim"]
     if name in ("linear_jte", "gaussian"):
         return nn.Identity(), dim
     if name == "mobius":
@@ -111,6 +113,7 @@ class LinearDecoder(nn.Module):
 def truth_decoder(name: str) -> nn.Module:
     """A learnable decoder with the ground-truth process's architecture. For Mobius, whose
     ground truth the paper replaces by a network, the network is an MLP 2-50-50-2 (tanh)."""
+    _check_synthetic(name)
     if name in ("linear_jte", "cubic_jte"):
         return JTEDecoder(cubic=name == "cubic_jte")
     if name == "gaussian":
@@ -137,8 +140,7 @@ class SyntheticVAE(StandardNormalVAE):
 
     def __init__(self, name: str, decoder: str = "truth", hidden: int = 32):
         super().__init__()
-        if name not in SYNTHETIC:
-            raise ValueError(f"name must be one of {tuple(SYNTHETIC)}, got {name!r}")
+        _check_synthetic(name)
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.name, self.kind = name, decoder
@@ -198,9 +200,7 @@ class LiBIConfig:
 
     def __post_init__(self):
         for name in ("eps_hz", "eps_sigma", "eps_mu"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+            check_positive(name, getattr(self, name))
         for name in ("repeats", "step1_epochs", "step2_epochs"):
             check_count(name, getattr(self, name))
 
@@ -263,7 +263,7 @@ class LiBIStep1(nn.Module):
 
 
 def _train(model: nn.Module, x: torch.Tensor, epochs: int, cfg: TrainConfig, **changes) -> None:
-    run = TrainConfig(**{**cfg.__dict__, "epochs": epochs, "batch_size": x.shape[0], **changes})
+    run = dataclasses.replace(cfg, epochs=epochs, batch_size=x.shape[0], **changes)
     Trainer(model, run).fit(x)
 
 
@@ -320,7 +320,7 @@ def fit_vae(
     beta) on ``val`` is lowest. Returns (that model, the validation records)."""
     check_count("epochs", epochs)
     check_count("eval_every", eval_every)
-    cfg = TrainConfig(**{**train_cfg.__dict__, "epochs": eval_every, "batch_size": train.shape[0]})
+    cfg = dataclasses.replace(train_cfg, epochs=eval_every, batch_size=train.shape[0])
     trainer = Trainer(vae, cfg)
     final_beta = {"beta": cfg.beta, "anneal": cfg.anneal_to}.get(cfg.scheme, 1.0)
     best, best_value, records = None, math.inf, []
@@ -369,6 +369,65 @@ def evaluate(
     return {"test_ll": float(ll.mean()), "s_knn": float(stat.mean())}
 
 
+def fit_method(
+    method: str,
+    name: str,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    epochs: int,
+    eval_every: int,
+    hp: dict | None = None,
+    seed: int = 0,
+    lr: float = 0.01,
+) -> SyntheticVAE:
+    """Fit ``method`` (one of :data:`METHODS`) on data set ``name`` from the seed ``seed`` and
+    return the model its own validation objective selects.
+
+    ``hp`` holds the method's hyper-parameters: ``beta`` (beta-VAE, and the value annealed to),
+    ``eps_hz``, ``eps_sigma``, ``eps_mu`` and ``repeats`` (LiBI, whose steps 1 and 2 get
+    ``epochs`` // ``repeats`` epochs each per repetition). Lagging inference networks are He et
+    al.'s aggressive schedule, as in :class:`lidvae_nb.trainer.Trainer`. Training is full batch
+    with Adam at ``lr``; checkpoints are compared every ``eval_every`` epochs (not LiBI).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_count("epochs", epochs)
+    check_count("eval_every", eval_every)
+    hp = dict(hp or {})
+    torch.manual_seed(seed)
+    vae = SyntheticVAE(name, decoder="injective" if method == "lidvae" else "truth")
+    base = TrainConfig(lr=lr, seed=seed, progress=False)
+    if method == "libi":
+        repeats = check_count("repeats", hp.get("repeats", 1))
+        if epochs < repeats:
+            raise ValueError(
+                f"epochs ({epochs}) must be at least repeats ({repeats}): each repetition "
+                "gets epochs // repeats epochs per step"
+            )
+        cfg = LiBIConfig(
+            eps_hz=hp.get("eps_hz", 1.0),
+            eps_sigma=hp.get("eps_sigma", 0.5),
+            eps_mu=hp.get("eps_mu", 0.5),
+            repeats=repeats,
+            step1_epochs=epochs // repeats,
+            step2_epochs=epochs // repeats,
+        )
+        return fit_libi(vae, train, val, cfg, base)[0]
+    changes = {
+        "vae": {},
+        "lidvae": {},
+        "beta_vae": {"scheme": "beta", "beta": hp.get("beta", 1.0)},
+        "beta_vae_anneal": {
+            "scheme": "anneal",
+            "anneal_to": hp.get("beta", 1.0),
+            "anneal_start": 0.1,
+            "anneal_epochs": max(1.0, epochs / 2),
+        },
+        "lagging": {"scheme": "lagging"},
+    }[method]
+    return fit_vae(vae, train, val, dataclasses.replace(base, **changes), epochs, eval_every)[0]
+
+
 def run_method(
     method: str,
     name: str,
@@ -382,20 +441,14 @@ def run_method(
     knn_repeats: int = 200,
     lr: float = 0.01,
 ) -> dict:
-    """One cell of Table 1: fit ``method`` on data set ``name`` (its copy ``data_seed``: train,
-    validation and test sets of ``n_train`` points each) from restart ``restart``, select by
-    the method's own validation objective, and evaluate (:func:`evaluate`).
+    """One cell of Table 1: :func:`fit_method` on data set ``name`` (its copy ``data_seed``:
+    train, validation and test sets of ``n_train`` points each) from restart ``restart``, then
+    :func:`evaluate`.
 
-    ``hp`` holds the method's hyper-parameters: ``beta`` (beta-VAE, and the value annealed to),
-    ``eps_hz``, ``eps_sigma``, ``eps_mu`` and ``repeats`` (LiBI, whose steps 1 and 2 get
-    ``epochs`` // ``repeats`` epochs each per repetition). Lagging inference networks are He et
-    al.'s aggressive schedule, as in :class:`lidvae_nb.trainer.Trainer`. Returns the two metrics,
-    the wall time and the settings; a run that the trainer stops on a non-finite loss is
-    returned with NaN metrics and the error message under ``error``, so that one diverged
-    run does not end a whole table.
+    Returns the two metrics, the wall time and the settings; a run that the trainer stops on a
+    non-finite loss is returned with NaN metrics and the error message under ``error``, so that
+    one diverged run does not end a whole table.
     """
-    import time
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     hp = dict(hp or {})
@@ -403,65 +456,17 @@ def run_method(
     val, _ = synthetic(name, n_train, seed=3 * data_seed + 1)
     test, _ = synthetic(name, n_train, seed=3 * data_seed + 2)
     seed = 1000 * data_seed + restart
-    torch.manual_seed(seed)
-    vae = SyntheticVAE(name, decoder="injective" if method == "lidvae" else "truth")
-    base = TrainConfig(lr=lr, seed=seed, progress=False)
+    record = {"method": method, "data": name, "data_seed": data_seed, "restart": restart}
     start = time.perf_counter()
     try:
-        model = _fit_method(method, vae, train, val, base, epochs, eval_every, hp)
+        model = fit_method(method, name, train, val, epochs, eval_every, hp, seed, lr)
     except FloatingPointError as err:  # the trainer's stop on a non-finite loss
-        return {
-            "method": method,
-            "data": name,
-            "data_seed": data_seed,
-            "restart": restart,
-            "test_ll": math.nan,
-            "s_knn": math.nan,
-            "error": str(err),
-            "fit_seconds": round(time.perf_counter() - start, 2),
-            "epochs": epochs,
-            "hp": hp,
-        }
-    seconds = time.perf_counter() - start
-    result = evaluate(model, test, n_samples=n_samples, knn_repeats=knn_repeats, seed=seed)
-    return {
-        "method": method,
-        "data": name,
-        "data_seed": data_seed,
-        "restart": restart,
-        **result,
-        "fit_seconds": round(seconds, 2),
-        "epochs": epochs,
-        "hp": hp,
-    }
-
-
-def _fit_method(method, vae, train, val, base, epochs, eval_every, hp) -> SyntheticVAE:
-    if method == "libi":
-        cfg = LiBIConfig(
-            eps_hz=hp.get("eps_hz", 1.0),
-            eps_sigma=hp.get("eps_sigma", 0.5),
-            eps_mu=hp.get("eps_mu", 0.5),
-            repeats=hp.get("repeats", 1),
-            step1_epochs=max(1, epochs // hp.get("repeats", 1)),
-            step2_epochs=max(1, epochs // hp.get("repeats", 1)),
-        )
-        return fit_libi(vae, train, val, cfg, base)[0]
+        result = {"test_ll": math.nan, "s_knn": math.nan, "error": str(err)}
+        seconds = time.perf_counter() - start
     else:
-        changes = {
-            "vae": {},
-            "lidvae": {},
-            "beta_vae": {"scheme": "beta", "beta": hp.get("beta", 1.0)},
-            "beta_vae_anneal": {
-                "scheme": "anneal",
-                "anneal_to": hp.get("beta", 1.0),
-                "anneal_start": 0.1,
-                "anneal_epochs": max(1.0, epochs / 2),
-            },
-            "lagging": {"scheme": "lagging"},
-        }[method]
-        cfg = TrainConfig(**{**base.__dict__, **changes})
-        return fit_vae(vae, train, val, cfg, epochs, eval_every)[0]
+        seconds = time.perf_counter() - start
+        result = evaluate(model, test, n_samples=n_samples, knn_repeats=knn_repeats, seed=seed)
+    return {**record, **result, "fit_seconds": round(seconds, 2), "epochs": epochs, "hp": hp}
 
 
 def _run_job(job: dict) -> dict:
@@ -502,6 +507,8 @@ def table_jobs(
 
     ``grids`` maps each method to a list of hyper-parameter dicts (a method left out is not run).
     """
+    check_count("data_seeds", data_seeds)
+    check_count("restarts", restarts)
     jobs = []
     for name in names:
         for method, settings in grids.items():
@@ -527,7 +534,6 @@ def main(argv=None) -> None:
     """``python -m lidvae_nb.libi``: run a Table 1 grid and store it with its provenance."""
     import argparse
     import json
-    import time
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", required=True, help="JSON file to write")

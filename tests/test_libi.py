@@ -15,10 +15,14 @@ from lidvae_nb.libi import (
     LiBIStep1,
     SyntheticVAE,
     code_penalties,
+    encoder_body,
     evaluate,
     fit_libi,
+    fit_method,
     main,
     run_method,
+    table_jobs,
+    truth_decoder,
 )
 from lidvae_nb.metrics import henze_zirkler, iwae_log_likelihood, smooth_knn_statistic
 from lidvae_nb.trainer import TrainConfig
@@ -195,6 +199,18 @@ def test_synthetic_vae_rejects_bad_arguments():
         LiBIConfig(repeats=0)
     with pytest.raises(ValueError, match="method must be one of"):
         run_method("svi", "mobius", 0, 0, 1, 1)
+    with pytest.raises(ValueError, match="eps_mu must be > 0"):
+        LiBIConfig(eps_mu="0.5")
+    with pytest.raises(ValueError, match="'moebius'"):
+        truth_decoder("moebius")
+    with pytest.raises(ValueError, match="'moebius'"):
+        encoder_body("moebius")
+    with pytest.raises(ValueError, match=r"epochs \(1\) must be at least repeats \(2\)"):
+        fit_method("libi", "mobius", torch.zeros(5, 2), torch.zeros(5, 2), 1, 1, {"repeats": 2})
+    with pytest.raises(ValueError, match="eval_every must be a positive integer"):
+        fit_method("vae", "mobius", torch.zeros(5, 2), torch.zeros(5, 2), 1, 0)
+    with pytest.raises(ValueError, match="restarts must be a positive integer"):
+        table_jobs(["mobius"], 1, 0, 1, 1, {"vae": [{}]})
 
 
 # --- LiBI --------------------------------------------------------------------------------------
