@@ -84,8 +84,9 @@ class RunSpec:
     draws depend on ``data_seed`` only, so every method and seed sees the same images. Training
     batches are binarised afresh at every step (dynamic binarisation); validation and test images
     are binarised once, with a seed fixed by ``data_seed``. ``n_clusters`` is used by the mixture
-    models only, ``beta`` by ``beta``, ``savae_*`` by ``savae``, ``lagging_max_inner`` by
-    ``lagging``. ``iwae_samples`` importance samples per test image give the log-likelihood (0:
+    models only, as is ``fixed_prior_means`` (component means fixed at distinct points, as in
+    Example 1 of Wang et al.; see :class:`lidvae_nb.models.ModelConfig`); ``beta`` by ``beta``,
+    ``savae_*`` by ``savae``, ``lagging_max_inner`` by ``lagging``. ``iwae_samples`` importance samples per test image give the log-likelihood (0:
     skip it). ``tag`` (letters, digits, ``_``, ``.``) is appended to the run id to tell apart
     variants that differ in other settings. ``verify`` checks the data files' SHA-256.
 
@@ -109,6 +110,7 @@ class RunSpec:
     encoder_depth: int = 2
     n_clusters: int = 10
     flow_layers: int = 0
+    fixed_prior_means: bool = False
     iwae_samples: int = 500
     beta: float = 0.2
     savae_steps: int = 10
@@ -146,8 +148,9 @@ class RunSpec:
             raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {self.optimizer!r}")
         if not isinstance(self.tag, str) or not _TAG.fullmatch(self.tag):
             raise ValueError(f"tag may hold only letters, digits, '_' and '.', got {self.tag!r}")
-        if not isinstance(self.verify, bool):
-            raise ValueError(f"verify must be true or false, got {self.verify!r}")
+        for name in ("verify", "fixed_prior_means"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.method == "savae" and self.flow_layers > 0:
             raise ValueError(
                 f"method 'savae' refines a Gaussian q(z | x) and needs flow_layers=0, got "
@@ -208,6 +211,7 @@ class RunSpec:
             likelihood="bernoulli",
             n_clusters=self.n_clusters,
             flow_layers=self.flow_layers,
+            fixed_prior_means=self.fixed_prior_means,
         )
 
     def train_config(self, checkpoint_dir=None, device=None, progress=False) -> TrainConfig:

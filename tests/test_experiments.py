@@ -90,6 +90,8 @@ def test_a_grid_file_expands_to_the_cartesian_product_with_shared_settings(tmp_p
     assert all(s.epochs == 3 and s.hidden == 8 for s in specs)
     assert {s.method for s in specs} == {"vae", "lidgmvae", "savae"}
     assert specs[5]["method"] == specs[5].method and dict(specs[5])["depth"] == specs[5].depth
+    fixed = RunSpec(method="gmvae", fixed_prior_means=True).model_config()
+    assert fixed.fixed_prior_means and not RunSpec().model_config().fixed_prior_means
     assert RunSpec(dataset="fashion_mnist", method="lidgmvae", depth=2).run_id == (
         "fashion_mnist-lidgmvae-d2-s0"
     )
@@ -108,6 +110,7 @@ def test_a_grid_file_expands_to_the_cartesian_product_with_shared_settings(tmp_p
         ({"method": "savae", "flow_layers": 2}, "flow_layers"),
         ({"method": "lagging", "n_val": 0}, "n_val"),
         ({"colour": "red"}, "colour"),
+        ({"fixed_prior_means": "yes"}, "fixed_prior_means"),
     ],
 )
 def test_bad_spec_values_are_named(changes, match):
