@@ -19,7 +19,8 @@ of :class:`RunSpec`)::
     n_train = 20000
 
 Run it with ``python -m lidvae_nb.experiments GRID.toml --out DIR [--workers N] [--data-root
-PATH]``; read the results with :func:`collect`. Each run writes ``DIR/<run id>.json`` (metrics,
+PATH]``; read the results with :func:`collect`, average them over seeds with :func:`summarize`
+and time them with :func:`throughput`. Each run writes ``DIR/<run id>.json`` (metrics,
 spec, training history, provenance) and keeps its checkpoint and per-epoch log in
 ``DIR/<run id>/``.
 """
@@ -86,9 +87,10 @@ class RunSpec:
     are binarised once, with a seed fixed by ``data_seed``. ``n_clusters`` is used by the mixture
     models only, as is ``fixed_prior_means`` (component means fixed at distinct points, as in
     Example 1 of Wang et al.; see :class:`lidvae_nb.models.ModelConfig`); ``beta`` by ``beta``,
-    ``savae_*`` by ``savae``, ``lagging_max_inner`` by ``lagging``. ``iwae_samples`` importance samples per test image give the log-likelihood (0:
-    skip it). ``tag`` (letters, digits, ``_``, ``.``) is appended to the run id to tell apart
-    variants that differ in other settings. ``verify`` checks the data files' SHA-256.
+    ``savae_*`` by ``savae``, ``lagging_max_inner`` by ``lagging``. ``iwae_samples`` importance
+    samples per test image give the log-likelihood (0: skip it). ``tag`` (letters, digits, ``_``,
+    ``.``) is appended to the run id to tell apart variants that differ in other settings.
+    ``verify`` checks the data files' SHA-256.
 
     Dict-like: ``spec["method"]``, ``dict(spec)``, ``to_dict()``, ``from_dict(d)``.
     """
@@ -403,7 +405,7 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
     if error is None:
         labels = sets["test_labels"]
         metrics = collapse_report(
-            trainer.model,
+            trainer.inference_model(),  # SA-VAE: q(z | x) refined as in training
             sets["test"].to(trainer.device),
             iwae_samples=spec.iwae_samples,
             labels=None if labels is None else labels.numpy(),
@@ -457,7 +459,7 @@ def run_grid(
     returns a future with ``result()``, such as a ``concurrent.futures`` executor or a
     ``submitit`` executor for a cluster (``submitit.AutoExecutor(folder=...)`` with
     ``update_parameters(...)`` set as the cluster needs; its jobs must see ``out_dir`` and the
-    data). ``workers`` is then ignored.
+    data; the tests run it with ``submitit.LocalExecutor``). ``workers`` is then ignored.
     """
     from tqdm import tqdm
 
@@ -504,6 +506,126 @@ def collect(out_dir) -> list[dict]:
     return sorted(results, key=lambda r: r["id"])
 
 
+def load_model(spec, out_dir, device=None):
+    """The trained model of a stored run, from its checkpoint in ``out_dir/<run id>/``, in eval
+    mode (for analyses beyond the metrics the run stored)."""
+    if not isinstance(spec, RunSpec):
+        spec = RunSpec.from_dict(dict(spec))
+    run_dir = Path(out_dir) / spec.run_id
+    if not (run_dir / Trainer.CHECKPOINT).exists():
+        raise FileNotFoundError(
+            f"no checkpoint for run {spec.run_id} in {run_dir} (expected {Trainer.CHECKPOINT})"
+        )
+    model = build_model(spec.model_name, spec.model_config())
+    trainer = Trainer(model, spec.train_config(checkpoint_dir=run_dir, device=device))
+    return trainer.model.eval()
+
+
+def label_posteriors(
+    results, out_dir, n_images: int = 500, n_samples: int = 50, data_root=None, device=None
+) -> list[dict]:
+    """For each stored mixture-model run with labels: the information the cluster label carries
+    under the encoder, q(y | x), and under the fitted model itself, p(y | x) (by importance
+    sampling, :meth:`lidvae_nb.models.GMVAE.label_posterior`), on the first ``n_images`` test
+    images.
+
+    The two tell apart the two ways a label can collapse: a non-identifiable label has
+    p(y | x) = p(y), so nothing can be learned about it; an encoder stuck in a poor optimum has
+    q(y | x) = q(y) while p(y | x) still varies with x. Each entry holds ``id``, ``encoder`` and
+    ``model`` (each ``{"mi", "entropy", "accuracy"}``), ``n_images`` and ``n_samples``.
+    """
+    from lidvae_nb.metrics import cluster_accuracy, cluster_information
+
+    n_images = check_count("n_images", n_images)
+    n_samples = check_count("n_samples", n_samples)
+    out = []
+    for record in results:
+        spec = RunSpec.from_dict(record["spec"])
+        if spec.model_name not in ("gmvae", "lidgmvae") or record.get("error"):
+            continue
+        sets = load_data(spec, data_root)
+        if sets["test_labels"] is None:
+            continue
+        model = load_model(spec, out_dir, device=device)
+        device_ = next(model.parameters()).device
+        x, labels = sets["test"][:n_images].to(device_), sets["test_labels"][:n_images].numpy()
+        torch.manual_seed(spec.seed)
+        with torch.no_grad():
+            q = torch.cat([model.cluster_probs(b) for b in x.split(100)])
+            p = torch.cat([model.label_posterior(b, n_samples) for b in x.split(20)])
+        entry = {"id": record["id"], "n_images": len(x), "n_samples": n_samples}
+        for name, probs in (("encoder", q), ("model", p)):
+            mi, entropy = cluster_information(probs.cpu())
+            acc = cluster_accuracy(labels, probs.argmax(1).cpu().numpy())
+            entry[name] = {"mi": mi, "entropy": entropy, "accuracy": acc}
+        out.append(entry)
+    return out
+
+
+#: The metrics of Table 1 (images), in the paper's order, as :func:`collect` stores them.
+TABLE_METRICS = ("au", "kl", "mi", "log_likelihood")
+
+
+def summarize(
+    results, metrics=TABLE_METRICS, by=("dataset", "method", "depth"), over=("seed",)
+) -> dict:
+    """Mean and standard deviation of each metric over the runs of a group: the runs with the
+    same ``by`` fields, which may differ only in the ``over`` fields (the seeds, by default).
+
+    Returns ``{key: {"n": runs, "failed": runs stopped on a non-finite loss, metric: (mean, sd),
+    ...}}`` with ``key`` the tuple of the ``by`` fields of the runs' specs, in the order first
+    met. ``sd`` is the sample standard deviation (``ddof=1``), NaN for a single run; a metric
+    that no finished run of a group has is left out of that group. Failed runs are counted,
+    not averaged. Runs of one group that differ in another setting (a ``tag``, ``epochs``, ...)
+    are an error that names the settings, so that variants are never averaged together.
+    """
+    import numpy as np
+
+    names = RunSpec().keys()
+    unknown = [f for f in (*by, *over) if f not in names]
+    if unknown:
+        raise ValueError(f"unknown run setting(s) {unknown}; the settings are {names}")
+    free = set(by) | set(over) | set(_NOT_RESULT_FIELDS)
+    groups: dict = {}
+    for record in results:
+        groups.setdefault(tuple(record["spec"][f] for f in by), []).append(record)
+    out = {}
+    for key, records in groups.items():
+        first = records[0]["spec"]
+        differ = sorted(
+            {
+                f
+                for r in records
+                for f in names
+                if f not in free and r["spec"].get(f) != first.get(f)
+            }
+        )
+        if differ:
+            raise ValueError(
+                f"the runs of group {key} differ in {differ} as well as in {list(over)}; "
+                f"add those settings to by= or over=, or summarise the variants apart"
+            )
+        done = [r for r in records if not r.get("error")]
+        row = {"n": len(records), "failed": len(records) - len(done)}
+        for name in metrics:
+            values = np.array([r["metrics"][name] for r in done if name in r["metrics"]], float)
+            if len(values):
+                sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+                row[name] = (float(values.mean()), sd)
+        out[key] = row
+    return out
+
+
+def throughput(result: dict) -> float:
+    """Training images per second of one stored run: training images seen over the seconds its
+    epochs took (the per-epoch ``seconds`` of the history, which leave out validation)."""
+    history = result["history"]
+    seconds = sum(h["seconds"] for h in history)
+    if not history or seconds <= 0:
+        raise ValueError(f"run {result.get('id')!r} has no timed epochs to measure throughput from")
+    return result["n_images"]["train"] * len(history) / seconds
+
+
 def main(argv=None) -> None:
     """``python -m lidvae_nb.experiments GRID.toml --out DIR``: run the image experiments of a
     grid file, one JSON result per run in DIR (runs already there are skipped)."""
@@ -515,13 +637,29 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--data-root", default=None, help="data folder (default: $LIDVAE_DATA)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present)")
+    parser.add_argument(
+        "--label-posteriors",
+        metavar="FILE",
+        default=None,
+        help="then write q(y | x) against p(y | x) of the grid's mixture runs to this JSON file",
+    )
     args = parser.parse_args(argv)
     specs = load_grid(args.grid)
+    start = time.perf_counter()
     results = run_grid(
         specs, args.out, workers=args.workers, data_root=args.data_root, device=args.device
     )
     failed = [r["id"] for r in results if r.get("error")]
     print(f"{len(results)} runs in {args.out}" + (f"; stopped on NaN: {failed}" if failed else ""))
+    if args.label_posteriors:
+        entries = label_posteriors(results, args.out, data_root=args.data_root, device=args.device)
+        settings = {"grid": str(args.grid), "n_images": 500, "n_samples": 50}
+        record = {
+            "label_posteriors": entries,
+            "provenance": provenance(settings, time.perf_counter() - start),
+        }
+        _write_json(Path(args.label_posteriors), record)
+        print(f"label posteriors of {len(entries)} runs in {args.label_posteriors}")
 
 
 if __name__ == "__main__":

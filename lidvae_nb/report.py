@@ -43,7 +43,7 @@ def paper_vs_ours(rows: Iterable[Sequence]) -> str:
 
 def provenance(config: dict, wall_seconds: float) -> dict:
     """Where a stored result came from: its configuration, the git commit, the versions, the
-    machine and the wall time.
+    machine, the date (UTC, ISO 8601, when this is called: the end of the run) and the wall time.
 
     With CUDA available, ``versions["cuda"]`` holds the CUDA version torch was built with and
     ``device`` also names the GPU.
@@ -52,6 +52,7 @@ def provenance(config: dict, wall_seconds: float) -> dict:
     import platform
     import subprocess
     import sys
+    from datetime import UTC, datetime
 
     import torch
 
@@ -86,5 +87,6 @@ def provenance(config: dict, wall_seconds: float) -> dict:
         "uncommitted_changes": dirty,
         "versions": versions,
         "device": device,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(wall_seconds, 1),
     }

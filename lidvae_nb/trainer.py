@@ -109,6 +109,73 @@ def _decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in enc]
 
 
+def svi_refine(
+    model: nn.Module,
+    x: torch.Tensor,
+    steps: int,
+    lr: float,
+    beta: float = 1.0,
+    create_graph: bool = False,
+) -> list[torch.Tensor]:
+    """SA-VAE's refinement of q(z | x) (Kim et al., 2018): the encoder's Gaussian parameters
+    ``[mu, raw_sigma]`` for each point of ``x``, then ``steps`` gradient steps of size ``lr`` on
+    that point's negative ELBO (one reparameterised sample per step).
+
+    With ``create_graph`` the steps stay on the tape, so the encoder can be trained through them
+    (training); without it they are taken on detached copies (evaluation, also under
+    ``torch.no_grad``) and the refined parameters come back detached.
+    """
+    with torch.enable_grad():
+        lam = list(model.encoder.params(x))
+        if not create_graph:
+            lam = [p.detach().requires_grad_() for p in lam]
+        for _ in range(steps):
+            q = model.encoder.distribution(*lam)
+            # Sum over the batch so that each point's parameters take a step of size lr.
+            inner = model.loss_from_q(x, q, beta)["loss"] * x.shape[0]
+            grads = torch.autograd.grad(inner, lam, create_graph=create_graph)
+            lam = [p - lr * g for p, g in zip(lam, grads, strict=True)]
+            if not create_graph:
+                lam = [p.detach().requires_grad_() for p in lam]
+    return lam if create_graph else [p.detach() for p in lam]
+
+
+class SemiAmortized(nn.Module):
+    """A VAE trained by the ``savae`` scheme, seen as it was trained: its q(z | x) is the
+    encoder's output refined by :func:`svi_refine`. Pass this, not the bare model, to the metrics
+    (:func:`lidvae_nb.metrics.collapse_report`): the bare encoder only gives the starting point of
+    the refinement, and the ELBO never asked it to be a good posterior on its own.
+    """
+
+    def __init__(self, model: nn.Module, steps: int, lr: float):
+        super().__init__()
+        if not hasattr(model, "loss_from_q") or len(model.encoder.flows) > 0:
+            raise ValueError(
+                "SemiAmortized refines a Gaussian q(z | x): it needs a VAE or LIDVAE without "
+                f"flow layers, got {type(model).__name__}"
+            )
+        self.model, self.steps, self.lr = model, steps, lr
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    def prior(self):
+        return self.model.prior()
+
+    def encode(self, x: torch.Tensor):
+        """The refined q(z | x): batch (B,), event (K,)."""
+        self.model._check(x)
+        return self.model.encoder.distribution(*svi_refine(self.model, x, self.steps, self.lr))
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.model.log_likelihood(x, z)
+
+    def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict:
+        """Negative ELBO under the refined q(z | x)."""
+        return self.model.loss_from_q(x, self.encode(x), beta)
+
+
 class Trainer:
     """Fits ``model`` (any model of :mod:`lidvae_nb.models`) under ``config``.
 
@@ -264,14 +331,7 @@ class Trainer:
                 f"flow layers, got {type(model).__name__} with "
                 f"flow_layers={getattr(model.cfg, 'flow_layers', '?')}"
             )
-        mu, raw = model.encoder.params(x)
-        lam = [mu, raw]
-        for _ in range(self.cfg.savae_steps):
-            q = model.encoder.distribution(*lam)
-            # Sum over the batch so that each point's parameters take a step of size savae_lr.
-            inner = model.loss_from_q(x, q, beta)["loss"] * x.shape[0]
-            grads = torch.autograd.grad(inner, lam, create_graph=True)
-            lam = [p - self.cfg.savae_lr * g for p, g in zip(lam, grads, strict=True)]
+        lam = svi_refine(model, x, self.cfg.savae_steps, self.cfg.savae_lr, beta, create_graph=True)
         # Decoder: ELBO at the refined parameters, held fixed.
         fixed = model.encoder.distribution(*(p.detach() for p in lam))
         out = model.loss_from_q(x, fixed, beta)
@@ -291,23 +351,32 @@ class Trainer:
         return out
 
     # --- evaluation ---------------------------------------------------------------------------
+    def inference_model(self) -> nn.Module:
+        """The model as its scheme infers with it: :class:`SemiAmortized` for ``savae`` (q(z | x)
+        refined as in training), the model itself otherwise. Evaluate this one."""
+        if self.cfg.scheme == "savae":
+            return SemiAmortized(self.model, self.cfg.savae_steps, self.cfg.savae_lr)
+        return self.model
+
     @torch.no_grad()
     def evaluate(self, data: torch.Tensor) -> dict:
-        """Negative ELBO, reconstruction and KL on ``data`` (means per point), and MI."""
+        """Negative ELBO, reconstruction and KL on ``data`` (means per point), and MI, under the
+        scheme's q(z | x) (:meth:`inference_model`)."""
         from lidvae_nb.metrics import mutual_information
 
+        model = self.inference_model()
         self.model.eval()
         try:
             totals = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
             for x in data.split(max(self.cfg.batch_size, 500)):
                 x = x.to(self.device)
-                out = self.model.loss(x)
+                out = model.loss(x)
                 totals["loss"] += float(out["loss"]) * x.shape[0]
                 totals["rec"] += float(out["rec"].sum())
                 totals["kl"] += float(out["kl"].sum())
             result = {k: v / data.shape[0] for k, v in totals.items()}
             if data.shape[0] >= 2:
-                result["mi"] = mutual_information(self.model, data.to(self.device))
+                result["mi"] = mutual_information(model, data.to(self.device))
             return result
         finally:
             self.model.train()

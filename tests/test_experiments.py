@@ -13,6 +13,7 @@ import torch
 from lidvae_nb import experiments, libi, report
 from lidvae_nb.data import MNIST_FILES
 from lidvae_nb.experiments import RunSpec, collect, load_grid, run_grid, run_one
+from lidvae_nb.metrics import collapse_report
 
 torch.set_num_threads(1)
 
@@ -203,6 +204,42 @@ def test_run_grid_runs_every_spec_and_collect_reads_them(root, tmp_path):
         run_grid([tiny(), tiny()], tmp_path, data_root=root, progress=False)
 
 
+def test_run_grid_through_submitits_local_executor(root, tmp_path):
+    # What a SLURM cluster runs, in local processes: each job unpickles the spec and writes its
+    # own result file.
+    submitit = pytest.importorskip("submitit")
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=5)
+    specs = [tiny(), tiny(method="beta", seed=1)]
+    results = run_grid(specs, tmp_path / "out", data_root=root, executor=executor, progress=False)
+    assert [r["id"] for r in results] == ["mnist-vae-d1-s0", "mnist-beta-d1-s1"]
+    assert all(math.isfinite(r["metrics"]["log_likelihood"]) for r in results)
+    assert {r["id"] for r in collect(tmp_path / "out")} == {r["id"] for r in results}
+
+
+def test_label_posteriors_compare_the_encoder_with_the_fitted_model(root, tmp_path):
+    specs = [tiny(), tiny(method="gmvae", fixed_prior_means=True)]
+    results = run_grid(specs, tmp_path, data_root=root, progress=False)
+    entries = experiments.label_posteriors(
+        results, tmp_path, n_images=8, n_samples=4, data_root=root
+    )
+    assert [e["id"] for e in entries] == ["mnist-gmvae-d1-s0"]  # the mixture run only
+    for part in ("encoder", "model"):
+        info = entries[0][part]
+        assert -1e-6 <= info["mi"] <= math.log(TINY["n_clusters"]) + 1e-6
+        assert 0 <= info["accuracy"] <= 1 and info["entropy"] >= 0
+    # The model read back from the checkpoint is the one that was evaluated.
+    model = experiments.load_model(specs[1], tmp_path)
+    assert not model.training
+    sets = experiments.load_data(specs[1], root)
+    again = collapse_report(model, sets["test"], iwae_samples=0, labels=sets["test_labels"].numpy())
+    stored = results[1]["metrics"]
+    assert again["cluster_accuracy"] == stored["cluster_accuracy"]
+    assert again["cluster_mi"] == pytest.approx(stored["cluster_mi"], abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="mnist-beta-d1-s0"):
+        experiments.load_model(tiny(method="beta"), tmp_path)
+
+
 def test_the_command_line_writes_one_file_per_run(root, tmp_path, capsys):
     grid = tmp_path / "grid.toml"
     settings = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY.items() if k != "depth")
@@ -229,6 +266,10 @@ def test_provenance_lives_in_report_and_names_the_gpu_when_there_is_one(monkeypa
     prov = report.provenance({"a": 1}, 2.0)
     assert {"config", "commit", "versions", "device", "wall_seconds"} <= set(prov)
     assert prov["config"] == {"a": 1} and prov["wall_seconds"] == 2.0
+    from datetime import UTC, datetime
+
+    age = datetime.now(UTC) - datetime.fromisoformat(prov["date"])
+    assert 0 <= age.total_seconds() < 60
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Fake GPU 80GB")
@@ -236,3 +277,47 @@ def test_provenance_lives_in_report_and_names_the_gpu_when_there_is_one(monkeypa
     prov = report.provenance({}, 1.0)
     assert prov["versions"]["cuda"] == "12.4"
     assert "Fake GPU 80GB" in prov["device"]
+
+
+# --- summaries ----------------------------------------------------------------------------------
+
+
+def _record(method, seed, metrics, error=None, seconds=(2.0, 3.0), n_train=100):
+    spec = RunSpec(method=method, seed=seed).to_dict()
+    return {
+        "id": f"mnist-{method}-d2-s{seed}",
+        "spec": spec,
+        "metrics": {} if error else metrics,
+        "error": error,
+        "history": [{"seconds": s} for s in seconds],
+        "n_images": {"train": n_train},
+    }
+
+
+def test_summarize_gives_mean_and_sample_sd_over_seeds_and_counts_failures():
+    results = [
+        _record("vae", 0, {"au": 0.1, "log_likelihood": -100.0}),
+        _record("vae", 1, {"au": 0.3, "log_likelihood": -104.0}),
+        _record("vae", 2, {}, error="non-finite loss"),
+        _record("beta", 0, {"au": 0.5, "log_likelihood": -90.0}),
+    ]
+    out = experiments.summarize(results)
+    vae, beta = out["mnist", "vae", 2], out["mnist", "beta", 2]
+    assert vae["n"] == 3 and vae["failed"] == 1
+    assert vae["au"] == pytest.approx((0.2, math.sqrt(0.02)))
+    assert vae["log_likelihood"] == pytest.approx((-102.0, math.sqrt(8.0)))
+    assert "kl" not in vae  # no run has it
+    assert beta["n"] == 1 and beta["au"][0] == 0.5 and math.isnan(beta["au"][1])
+    tagged = {**results[0], "spec": {**results[0]["spec"], "tag": "other"}}
+    with pytest.raises(ValueError, match="tag"):
+        experiments.summarize([*results, tagged])
+    by_seed = experiments.summarize(results, by=("seed",), over=("method",))
+    assert by_seed[0,]["n"] == 2 and by_seed[0,]["au"] == pytest.approx((0.3, math.sqrt(0.08)))
+    with pytest.raises(ValueError, match="colour"):
+        experiments.summarize(results, by=("colour",))
+
+
+def test_throughput_counts_images_over_training_seconds():
+    assert experiments.throughput(_record("vae", 0, {}, seconds=(2.0, 3.0))) == 40.0
+    with pytest.raises(ValueError, match="no timed epochs"):
+        experiments.throughput(_record("vae", 0, {}, seconds=()))
