@@ -149,3 +149,9 @@ def test_savae_is_evaluated_with_the_refined_posterior_it_was_trained_with():
     assert trainer.evaluate(XV)["loss"] == pytest.approx(better, rel=0.05)
     with pytest.raises(ValueError, match="flow layers"):
         SemiAmortized(small("gmvae"), 2, 0.1)
+    # Each point's step is clipped to max_grad_norm * lr, however steep its ELBO.
+    with torch.no_grad():
+        one = svi_refine(model, XV * 50, steps=1, lr=1.0, max_grad_norm=0.5)
+        start = model.encoder.params(XV * 50)
+    moved = torch.cat([one[0] - start[0], one[1] - start[1]], -1).norm(dim=-1)
+    assert moved.max() <= 0.5 + 1e-5 and moved.max() > 0.4
