@@ -1,10 +1,12 @@
 """Data sets: synthetic generators (pinwheel; Yacoby et al.'s four benchmarks), loaders of the
 real image data (MNIST, Fashion-MNIST, Omniglot; checked against known SHA-256 values) and helpers
-for dynamic binarisation, fixed splits and subsets."""
+for dynamic binarisation, fixed splits and subsets; for text, a vocabulary, the Yahoo corpus,
+padding of token sequences and a synthetic corpus drawn from a known sequential VAE."""
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -498,3 +500,368 @@ def subsample(x, labels, n: int, seed: int = 0):
         return a[torch.from_numpy(idx)] if isinstance(a, torch.Tensor) else a[idx]
 
     return pick(x), (None if labels is None else pick(labels))
+
+
+# --- Text: vocabulary, corpora, padding, a synthetic corpus ------------------------------------
+
+#: File of each Yahoo split in ``<root>/yahoo/`` (Yang et al., 2017; the training split is not
+#: available offline, so ``val`` stands in for the training subsample and ``test`` is the test set).
+YAHOO_FILES = {"val": "val.txt", "test": "test.txt"}
+SHA256.update(
+    {
+        "yahoo/val.txt": "3247ac3ffcc4d4bfd6216f2aaa617f6706cdc4081874da39245fe156825898d1",
+        "yahoo/test.txt": "ad843c4363adbdd07d8055d9bf121e5f23c285760df43a0031b89d8538293075",
+    }
+)
+
+
+class Vocabulary:
+    """A word <-> id table with four special tokens first: ``<pad>`` (id 0), ``<s>`` (1), ``</s>``
+    (2) and ``<unk>`` (3); the ordinary words follow, most frequent first.
+
+    The Yahoo corpus marks rare words as ``_UNK``: :meth:`encode` maps it, ``<unk>`` and every word
+    not in the table to ``<unk>``. The special strings ``<pad>``, ``<s>`` and ``</s>`` found in a
+    text are ordinary unknown words there (they become ``<unk>``): the markers are only ever placed
+    by :func:`pad_batch`, so a document cannot end a sentence or fake padding by itself.
+
+    ``Vocabulary(words)`` takes the ordinary words in id order (ids 4, 5, ...);
+    :meth:`build` counts them in a corpus. Saved as JSON through :meth:`to_dict` /
+    :meth:`from_dict` (or :meth:`save` / :meth:`load`).
+    """
+
+    PAD, BOS, EOS, UNK = 0, 1, 2, 3
+    SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+    #: The corpus's own marker of a rare word (Yahoo, Yelp as prepared by Yang et al.).
+    CORPUS_UNK = "_UNK"
+
+    def __init__(self, words):
+        words = list(words)
+        reserved = set(self.SPECIALS) | {self.CORPUS_UNK}
+        for word in words:
+            if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+                raise ValueError(
+                    f"every word must be a non-empty string without spaces, got {word!r}"
+                )
+            if word in reserved:
+                raise ValueError(
+                    f"{word!r} is reserved (special tokens: {self.SPECIALS + (self.CORPUS_UNK,)})"
+                )
+        if len(set(words)) != len(words):
+            seen, dup = set(), None
+            for word in words:
+                if word in seen:
+                    dup = word
+                    break
+                seen.add(word)
+            raise ValueError(f"words must be distinct, got {dup!r} twice")
+        self._itos = list(self.SPECIALS) + words
+        self._stoi = {word: i for i, word in enumerate(words, start=len(self.SPECIALS))}
+        self._stoi["<unk>"] = self._stoi[self.CORPUS_UNK] = self.UNK
+
+    @classmethod
+    def build(cls, documents, max_size: int | None = None, min_count: int = 1) -> Vocabulary:
+        """The vocabulary of ``documents`` (an iterable of token lists).
+
+        Words are ordered by decreasing count, ties alphabetically (so the table does not depend
+        on the order of the documents). Words seen fewer than ``min_count`` times are left out, and
+        only the most frequent are kept so that ``len(vocab) <= max_size`` (``max_size`` counts
+        the four special tokens). ``_UNK`` and the special strings are never words.
+        """
+        from collections import Counter
+
+        min_count = check_count("min_count", min_count)
+        if max_size is not None:
+            n_special = len(cls.SPECIALS)
+            integer = isinstance(max_size, numbers.Integral) and not isinstance(max_size, bool)
+            if not (integer and max_size >= n_special):
+                raise ValueError(
+                    f"max_size must be an integer >= {n_special} (it counts the special tokens), "
+                    f"got {max_size!r}"
+                )
+        reserved = set(cls.SPECIALS) | {cls.CORPUS_UNK}
+        counts: Counter = Counter()
+        for i, doc in enumerate(documents):
+            if isinstance(doc, str):
+                raise ValueError(
+                    f"documents must be lists of tokens, document {i} is a str: split it first"
+                )
+            counts.update(doc)
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_count and w not in reserved),
+            key=lambda w: (-counts[w], w),
+        )
+        if max_size is not None:
+            words = words[: max_size - len(cls.SPECIALS)]
+        return cls(words)
+
+    @classmethod
+    def numbered(cls, n_words: int) -> Vocabulary:
+        """The vocabulary ``w0, w1, ..., w{n_words - 1}`` (ids 4, 5, ...): the words of
+        :func:`synthetic_text`, whose token ids index it."""
+        return cls(f"w{i}" for i in range(check_count("n_words", n_words)))
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocabulary) and self._itos == other._itos
+
+    def __repr__(self) -> str:
+        n_words = len(self.words)
+        return f"Vocabulary({len(self)} tokens: {len(self.SPECIALS)} special + {n_words} words)"
+
+    @property
+    def words(self) -> list[str]:
+        """The ordinary words, in id order (ids 4, 5, ...)."""
+        return self._itos[len(self.SPECIALS) :]
+
+    def encode(self, tokens) -> list[int]:
+        """Token strings -> ids; ``_UNK``, ``<unk>`` and unknown words -> ``<unk>`` (3).
+
+        No ``<s>`` / ``</s>`` are added (:func:`pad_batch` adds them)."""
+        if isinstance(tokens, str):
+            raise ValueError(
+                f"tokens must be a list of strings, got the str {tokens[:40]!r}: split it first"
+            )
+        return [self._stoi.get(token, self.UNK) for token in tokens]
+
+    def decode(self, ids, skip_special: bool = True) -> list[str]:
+        """Ids (a list or a 1-d tensor) -> token strings. With ``skip_special`` (default) the
+        ``<pad>``, ``<s>`` and ``</s>`` markers are dropped (``<unk>`` is kept)."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"ids must be 1-d, got a tensor of shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        out = []
+        for i in ids:
+            if isinstance(i, bool) or int(i) != i or not 0 <= i < len(self):
+                raise ValueError(f"ids must be integers in [0, {len(self)}), got {i!r}")
+            if skip_special and int(i) in (self.PAD, self.BOS, self.EOS):
+                continue
+            out.append(self._itos[int(i)])
+        return out
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: ``{"specials": [...], "words": [...]}``."""
+        return {"specials": list(self.SPECIALS), "words": self.words}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Vocabulary:
+        """The vocabulary saved by :meth:`to_dict`; its special tokens must be this class's."""
+        if not isinstance(d, dict) or "words" not in d:
+            raise ValueError(f"expected a dict with a 'words' list, got {type(d).__name__}")
+        specials = tuple(d.get("specials", cls.SPECIALS))
+        if specials != cls.SPECIALS:
+            raise ValueError(f"special tokens must be {cls.SPECIALS}, got {specials}")
+        return cls(d["words"])
+
+    def save(self, path) -> None:
+        """Write :meth:`to_dict` to ``path`` as JSON (UTF-8)."""
+        import json
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path) -> Vocabulary:
+        """The vocabulary written by :meth:`save`."""
+        import json
+        from pathlib import Path
+
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def read_corpus(path, max_len: int | None = None, max_docs: int | None = None) -> list[list[str]]:
+    """The documents of a text file, one per line, split on whitespace.
+
+    Blank lines are skipped. Documents with more than ``max_len`` tokens are **dropped** (not
+    truncated), so ``max_len`` changes which documents are kept, not their content; ``max_docs``
+    stops after that many kept documents (file order). Returns a list of token lists.
+    """
+    if max_len is not None:
+        max_len = check_count("max_len", max_len)
+    if max_docs is not None:
+        max_docs = check_count("max_docs", max_docs)
+    docs: list[list[str]] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if max_docs is not None and len(docs) >= max_docs:
+                break
+            tokens = line.split()
+            if not tokens or (max_len is not None and len(tokens) > max_len):
+                continue
+            docs.append(tokens)
+    return docs
+
+
+def yahoo(
+    split: str = "val",
+    root=None,
+    max_len: int | None = None,
+    max_docs: int | None = None,
+    verify: bool = True,
+) -> list[list[str]]:
+    """Yahoo Answers as prepared by Yang et al. (2017), from ``<root>/yahoo/{val,test}.txt``.
+
+    ``split`` is "val" (10,000 documents; the stand-in for the training subsample, since the
+    training split is not available offline) or "test" (10,000). ``root``: see :func:`data_root`.
+    Tokens are whitespace-separated, rare words are ``_UNK`` (mapped to ``<unk>`` by
+    :class:`Vocabulary`). ``max_len`` and ``max_docs`` as in :func:`read_corpus` (documents longer
+    than ``max_len`` tokens are dropped; Yahoo documents have 20 to 200 tokens). ``verify`` checks
+    the file's SHA-256 against :data:`SHA256`. Returns a list of token lists.
+    """
+    _check_split(split, YAHOO_FILES)
+    folder = data_root(root) / "yahoo"
+    path = folder / YAHOO_FILES[split]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"missing {path.name} in the folder {folder}, which must hold "
+            f"{', '.join(YAHOO_FILES.values())}: pass root=... or set LIDVAE_DATA to the folder "
+            "holding yahoo/ (the files cannot be downloaded; place them by hand)"
+        )
+    if verify:
+        verify_file(path, f"yahoo/{path.name}")
+    return read_corpus(path, max_len=max_len, max_docs=max_docs)
+
+
+def pad_batch(sequences, vocab: Vocabulary, length: int | None = None) -> torch.Tensor:
+    """Token sequences as one LongTensor (N, T + 2): ``<s> ids... </s>`` then ``<pad>`` (0).
+
+    Each sequence is a list of token strings (encoded with ``vocab``) or of ids of ordinary words
+    or ``<unk>`` (ints in [3, len(vocab))). T is the longest sequence, or ``length`` if given
+    (a longer sequence is then an error). The rows keep the input order (no sorting by length);
+    the models find each row's length from its padding and mask the padding out.
+    """
+    sequences = list(sequences)
+    if not sequences:
+        raise ValueError("sequences must not be empty")
+    rows = []
+    for i, seq in enumerate(sequences):
+        if isinstance(seq, str):
+            raise ValueError(f"sequence {i} is a str: pass lists of tokens (split the text first)")
+        if isinstance(seq, torch.Tensor):
+            seq = seq.tolist()
+        seq = list(seq)
+        if seq and all(isinstance(t, str) for t in seq):
+            ids = vocab.encode(seq)
+        else:
+            ids = []
+            for t in seq:
+                integer = isinstance(t, numbers.Integral) and not isinstance(t, bool)
+                if not (integer and Vocabulary.UNK <= t < len(vocab)):
+                    raise ValueError(
+                        f"sequence {i}: ids must be ints in [{Vocabulary.UNK}, {len(vocab)}) "
+                        f"(words or <unk>; the markers are added here), got {t!r}"
+                    )
+                ids.append(int(t))
+        rows.append(ids)
+    longest = max(len(r) for r in rows)
+    if length is None:
+        length = longest
+    else:
+        length = check_count("length", length, minimum=0)
+        if longest > length:
+            worst = max(range(len(rows)), key=lambda i: len(rows[i]))
+            raise ValueError(f"sequence {worst} has {longest} tokens, more than length={length}")
+    out = torch.full((len(rows), length + 2), Vocabulary.PAD, dtype=torch.long)
+    out[:, 0] = Vocabulary.BOS
+    for i, ids in enumerate(rows):
+        out[i, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
+        out[i, len(ids) + 1] = Vocabulary.EOS
+    return out
+
+
+def synthetic_text(
+    n: int,
+    seed: int = 0,
+    vocab_size: int = 1000,
+    latent_dim: int = 5,
+    min_len: int = 10,
+    max_len: int = 30,
+    embed_dim: int = 64,
+    hidden: int = 128,
+    lstm_scale: float = 3.0,
+    z_scale: float = 6.0,
+    out_scale: float = 15.0,
+    eos_bias: float = 6.0,
+):
+    """A text corpus drawn from a known sequential VAE (the paper's synthetic text experiment).
+
+    The true model is a :class:`lidvae_nb.models.SequentialVAE` with a two-layer LSTM decoder
+    (``hidden`` units, ``embed_dim``-dimensional N(0, 1) word embeddings), a
+    ``latent_dim``-dimensional standard-normal latent and ``vocab_size`` ordinary words (ids
+    4, ..., ``vocab_size + 3``, named by :meth:`Vocabulary.numbered`; ``<unk>`` gets a logit
+    bias of -20, so it practically never occurs). Its weights are drawn with ``seed`` from
+    uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), then scaled so that the data are text-like and the
+    latent matters: the decoder LSTM's weights by ``lstm_scale``, the weights from z (to the
+    initial state and to the per-step input) by ``z_scale``, the output layer by ``out_scale``
+    (peaked next-word distributions), and ``eos_bias`` is added to the logit of ``</s>``. The
+    defaults give about 4.3 nats per token given z, sentences of 21 words on average with about
+    a third stopped at ``max_len``, and a log-likelihood of a sentence under its own z about 100
+    nats above that under another sentence's z (seed 0, 2,000 sentences).
+
+    Sentences have ``min_len`` to ``max_len`` words: the model's length limits
+    (:meth:`~lidvae_nb.models.SequentialVAE.set_length_limits`) forbid ``</s>`` before
+    ``min_len`` words and force it after ``max_len``, and its ``log_likelihood`` includes them,
+    so the corpus is an exact sample of the returned model.
+
+    Returns ``(x, z, model)``: x the padded token ids (n, T + 2) as from :func:`pad_batch`
+    (T the longest sentence drawn), z the latents (n, latent_dim) and the true model (in eval
+    mode; its encoder is untrained, so estimate the true log-likelihood with prior samples or
+    after fitting an encoder to the frozen decoder). The same arguments give the same corpus;
+    the global random state is neither used nor changed.
+    """
+    from lidvae_nb.models import ModelConfig, SequentialVAE
+
+    n = check_count("n", n)
+    seed = _check_seed(seed)
+    vocab_size = check_count("vocab_size", vocab_size)
+    latent_dim = check_count("latent_dim", latent_dim)
+    min_len = check_count("min_len", min_len)
+    max_len = check_count("max_len", max_len)
+    if min_len > max_len:
+        raise ValueError(f"min_len must be <= max_len, got min_len={min_len}, max_len={max_len}")
+    for name, value in (
+        ("lstm_scale", lstm_scale),
+        ("z_scale", z_scale),
+        ("out_scale", out_scale),
+    ):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+    if not (isinstance(eos_bias, numbers.Real) and math.isfinite(eos_bias)):
+        raise ValueError(f"eos_bias must be a finite number, got {eos_bias!r}")
+    gen = torch.Generator().manual_seed(seed)
+    cfg = ModelConfig(
+        data_dim=vocab_size + len(Vocabulary.SPECIALS),
+        latent_dim=latent_dim,
+        hidden=hidden,
+        embed_dim=embed_dim,
+        lstm_hidden=hidden,
+        lstm_layers=2,
+    )
+    # Built under a fixed seed and then overwritten from ``gen``: the global state is restored.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SequentialVAE(cfg)
+    dec = model.decoder
+    free = model._free_ids.tolist()  # the decoder's outputs are the logits of these ids
+    with torch.no_grad():
+        for p in model.parameters():
+            bound = 1.0 / math.sqrt(p.shape[-1]) if p.dim() > 1 else 0.1
+            p.uniform_(-bound, bound, generator=gen)
+        dec.embed.weight.normal_(generator=gen)
+        for p in dec.lstm.parameters():
+            if p.dim() > 1:
+                p.mul_(lstm_scale)
+        dec.init_state.weight.mul_(z_scale)
+        dec.lstm.weight_ih_l0[:, embed_dim:].mul_(z_scale)
+        dec.out.weight.mul_(out_scale)
+        dec.out.bias[free.index(Vocabulary.EOS)] += eos_bias
+        dec.out.bias[free.index(Vocabulary.UNK)] = -20.0
+    model.set_length_limits(min_len, max_len)
+    model.eval()
+    z = torch.randn(n, latent_dim, generator=gen)
+    # Drawn in chunks (bounded memory), then trimmed to the longest sentence.
+    x = torch.cat([model.sample(part, generator=gen) for part in z.split(4096)])
+    longest = int((x != Vocabulary.PAD).sum(1).max())
+    return x[:, :longest], z, model

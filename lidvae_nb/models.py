@@ -11,10 +11,16 @@ All four share one shape, which the trainer and the metrics rely on:
 The latent-identifiable models differ from their classical counterparts only in the decoder:
 an injective map g2(beta^T g1(z)) built from Brenier maps (:mod:`lidvae_nb.icnn`) replaces the MLP,
 so that p(x | z) is injective in z for every parameter value (Wang et al., Definition 3).
+
+For text, :class:`SequentialVAE` (the LSTM VAE of He et al., 2019) and :class:`LIDSVAE` (Wang et
+al., Example 2) have the same interface on padded token ids x (B, L) (see
+:func:`lidvae_nb.data.pad_batch`); ``build_model`` knows them as 'svae' and 'lidsvae'
+(``TEXT_MODELS``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -24,6 +30,7 @@ from torch import distributions as D
 from torch import nn
 
 from lidvae_nb._checks import check_count
+from lidvae_nb.data import Vocabulary
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -67,6 +74,13 @@ class ModelConfig:
     ``fixed_prior_means`` (mixture models only) fixes the component means at distinct points
     instead of learning them, as Wang et al.'s Example 1 does (see :func:`spread_means`); the
     component scales stay learned.
+
+    The text models (:class:`SequentialVAE`, :class:`LIDSVAE`) read ``data_dim`` as the
+    vocabulary size V (special tokens included, ``len(vocab)``) and use ``embed_dim`` (word
+    embeddings), ``lstm_hidden`` (LSTM width H, encoder and decoder) and ``lstm_layers`` (decoder
+    LSTM depth); ``hidden`` and ``decoder_depth`` size LIDSVAE's ICNNs, ``hidden`` the flow
+    layers; ``likelihood`` and ``encoder_depth`` do not apply to them (categorical words, a
+    one-layer LSTM encoder). The image models ignore the three text fields.
     """
 
     data_dim: int
@@ -79,9 +93,21 @@ class ModelConfig:
     flow_layers: int = 0
     icnn_alpha: float = 0.1
     fixed_prior_means: bool = False
+    embed_dim: int = 128
+    lstm_hidden: int = 256
+    lstm_layers: int = 1
 
     def __post_init__(self):
-        for name in ("data_dim", "latent_dim", "hidden", "encoder_depth", "decoder_depth"):
+        for name in (
+            "data_dim",
+            "latent_dim",
+            "hidden",
+            "encoder_depth",
+            "decoder_depth",
+            "embed_dim",
+            "lstm_hidden",
+            "lstm_layers",
+        ):
             check_count(name, getattr(self, name))
         check_count("n_clusters", self.n_clusters)
         check_count("flow_layers", self.flow_layers, minimum=0)
@@ -545,11 +571,458 @@ class VaDE(_GaussianEncoderModel):
         return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
 
 
+# --- Text: sequential VAEs (He et al., 2019) and the LIDSVAE (Wang et al., Example 2) ---------
+
+
+def _check_tokens(x, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check padded token ids as :func:`lidvae_nb.data.pad_batch` makes them and return them
+    trimmed to the longest row, (B, L) int64, with each row's length (B,) (``<s>`` to ``</s>``).
+
+    Every row must read ``<s> w ... w </s> <pad> ...``: ids in [0, vocab_size), ``<s>`` first,
+    one ``</s>`` that ends the sentence, padding only after it.
+    """
+    pad, bos, eos = Vocabulary.PAD, Vocabulary.BOS, Vocabulary.EOS
+    ok_type = isinstance(x, torch.Tensor) and not (
+        x.is_floating_point() or x.is_complex() or x.dtype == torch.bool
+    )
+    if not ok_type or x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 2:
+        what = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else x
+        raise ValueError(
+            f"x must be integer token ids of shape (B, L), B >= 1, L >= 2 (as pad_batch makes "
+            f"them), got {what!r}"
+        )
+    x = x.long()
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(
+            f"token ids must lie in [0, {vocab_size}) (data_dim is the vocabulary size), got "
+            f"values in [{lo}, {hi}]"
+        )
+    real = x != pad
+    lengths = real.sum(1)
+    pos = torch.arange(x.shape[1], device=x.device)
+    bad = (real != (pos < lengths[:, None])).any(1)
+    if bad.any():
+        raise ValueError(
+            f"row {int(bad.nonzero()[0])} of x has <pad> (id {pad}) inside the sentence: padding "
+            "must come only after </s>"
+        )
+    bad = x[:, 0] != bos
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"row {row} of x starts with id {int(x[row, 0])}, not <s> (id {bos})")
+    bad = x.gather(1, (lengths - 1).clamp_min(0)[:, None]).squeeze(1) != eos
+    if bad.any():
+        raise ValueError(
+            f"row {int(bad.nonzero()[0])} of x does not end with </s> (id {eos}) before its padding"
+        )
+    inner = (pos > 0) & (pos < lengths[:, None] - 1)
+    bad = (((x == bos) | (x == eos)) & inner).any(1)
+    if bad.any():
+        raise ValueError(
+            f"row {int(bad.nonzero()[0])} of x has <s> or </s> inside the sentence (ids {bos}, "
+            f"{eos} only mark its two ends)"
+        )
+    return x[:, : int(lengths.max())], lengths
+
+
+@contextlib.contextmanager
+def _without_cudnn(active: bool):
+    """Run the block with cuDNN off when ``active`` (its LSTM has no double backward)."""
+    if not active or not torch.backends.cudnn.enabled:
+        yield
+        return
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = True
+
+
+class SequenceEncoder(nn.Module):
+    """Token ids (B, L) -> q(z | x) = N(mu(x), diag sigma(x)^2) (He et al., 2019).
+
+    Word embeddings, a one-layer LSTM, and a linear map from the LSTM output at each sentence's
+    ``</s>`` (so the padding after it has no effect) to ``(mu, raw_sigma)``; optionally RealNVP
+    couplings on top, as :class:`GaussianEncoder`, whose :meth:`distribution` it shares. It holds
+    every inference parameter (its own embedding included), as the trainer's lagging scheme needs.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        latent_dim: int,
+        embed_dim: int,
+        hidden: int,
+        flow_layers: int = 0,
+        flow_hidden: int = 128,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, 2 * latent_dim)
+        self.flows = nn.ModuleList(
+            AffineCoupling(latent_dim, flow_hidden, flip=bool(i % 2)) for i in range(flow_layers)
+        )
+
+    def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, raw_sigma), each (B, K); sigma = softplus(raw_sigma) + 1e-5."""
+        x, lengths = _check_tokens(x, self.vocab_size)
+        states, _ = self.lstm(self.embed(x))  # (B, L, H)
+        last = states[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        mu, raw_sigma = self.out(last).chunk(2, -1)
+        return mu, raw_sigma
+
+    distribution = GaussianEncoder.distribution
+
+    def forward(self, x: torch.Tensor) -> D.Distribution:
+        return self.distribution(*self.params(x))
+
+
+class _LSTMDecoder(nn.Module):
+    """The recurrent part of a text decoder: word embeddings and an LSTM whose initial state comes
+    from z (``c_0 = W z + b`` for every layer, ``h_0 = tanh(c_0)``, as He et al.); with
+    ``z_input`` z is also concatenated to the input embedding at every step."""
+
+    z_input = True
+
+    def __init__(self, vocab_size: int, latent_dim: int, embed_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.hidden, self.layers = hidden, layers
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.init_state = nn.Linear(latent_dim, layers * hidden)
+        in_dim = embed_dim + (latent_dim if self.z_input else 0)
+        self.lstm = nn.LSTM(in_dim, hidden, layers, batch_first=True)
+
+    def initial_state(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_0, c_0), each (layers, N, H), from z (N, K)."""
+        c0 = self.init_state(z).view(z.shape[0], self.layers, self.hidden).transpose(0, 1)
+        c0 = c0.contiguous()
+        return torch.tanh(c0), c0
+
+    def run(self, tokens: torch.Tensor, z: torch.Tensor, state=None):
+        """LSTM outputs (N, T, H) over the input tokens (N, T) and the final state; ``state`` None
+        starts from :meth:`initial_state` (z is (N, K))."""
+        emb = self.embed(tokens)
+        if self.z_input:
+            emb = torch.cat([emb, z.unsqueeze(1).expand(-1, tokens.shape[1], -1)], -1)
+        if state is None:
+            state = self.initial_state(z)
+        return self.lstm(emb, state)
+
+
+class SequenceDecoder(_LSTMDecoder):
+    """He et al.'s LSTM decoder: z sets the initial state and joins the input at every step; a
+    linear layer gives the logits of the tokens that can follow (every id but ``<pad>``, ``<s>``).
+    """
+
+    def __init__(self, vocab_size, latent_dim, embed_dim, hidden, layers, n_out):
+        super().__init__(vocab_size, latent_dim, embed_dim, hidden, layers)
+        self.out = nn.Linear(hidden, n_out)
+
+    def logits(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Free logits (M, n_out) from LSTM outputs h (M, H); z (M, K) already entered the LSTM."""
+        return self.out(h)
+
+
+class InjectiveSequenceDecoder(_LSTMDecoder):
+    """LIDSVAE's decoder (Wang et al., Example 2): logits ``g2(beta2^T g1([z, h_i]))``.
+
+    ``h_i`` is the output of an LSTM over the previous words, started from z (the original code
+    started it from ``ones_like(z)``, so z reached the decoder only through g1); ``g1`` is a
+    :class:`~lidvae_nb.icnn.BrenierMap` on R^(K+H), ``beta2`` the zero-one lift
+    R^(K+H) -> R^n_out and ``g2`` a Brenier map on R^n_out: for any history the map
+    ``[z, h] -> logits`` is injective, and so is ``z -> [z, h_i(z)]``.
+
+    Cost: ``g2``'s ICNN has input products of size n_out (about V) per hidden unit, so it adds
+    about ``2 * depth * width * V`` parameters and, per token, the same number of
+    multiply-adds as a ``width``-wide output layer ``depth`` times over (the lift is folded into
+    the forward products, :meth:`~lidvae_nb.icnn.ICNN.gradient`). With V = 10,000 and width 256
+    that is 5M parameters: keep ``width`` modest.
+    """
+
+    z_input = False
+
+    def __init__(
+        self, vocab_size, latent_dim, embed_dim, hidden, layers, n_out, width, depth, alpha
+    ):
+        from lidvae_nb.icnn import BrenierMap, ZeroOneLift
+
+        super().__init__(vocab_size, latent_dim, embed_dim, hidden, layers)
+        self.g1 = BrenierMap(latent_dim + hidden, width, depth, alpha=alpha)
+        self.lift = ZeroOneLift(latent_dim + hidden, n_out)
+        self.g2 = BrenierMap(n_out, width, depth, alpha=alpha)
+
+    def logits(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Free logits ``g2(beta2^T g1([z, h]))``, (M, n_out), from h (M, H) and z (M, K)."""
+        return self.g2.forward_lifted(self.g1(torch.cat([z, h], -1)), self.lift)
+
+    def inverse(self, logits: torch.Tensor, **solver) -> torch.Tensor:
+        """Recover ``[z, h]`` (M, K + H) from the free logits (M, n_out), through the conjugates
+        of g2 and g1 and the left inverse of the lift (``solver``: see BrenierMap.inverse)."""
+        u = self.lift.left_inverse(self.g2.inverse(logits, **solver))
+        return self.g1.inverse(u, **solver)
+
+
+class _SequenceVAE(nn.Module):
+    """The shared shape of the text VAEs: z ~ N(0, I_K), x_i | x_<i, z ~ Categorical(logits_i).
+
+    x is a batch of padded token ids (B, L) as :func:`lidvae_nb.data.pad_batch` makes them:
+    ``<s> w_1 ... w_n </s> <pad> ...``. p(x | z) is the product over the words and ``</s>`` of the
+    next-token probabilities given the previous tokens; the padding is masked out (and trimmed),
+    so a sentence has the same likelihood alone or in any batch. The next token ranges over every
+    id but ``<pad>`` and ``<s>`` (their logits are -inf).
+
+    The interface is the image models': ``prior()``, ``encode(x)``, ``log_likelihood(x, z)`` for z
+    (..., B, K), ``loss(x, beta)``, ``loss_from_q(x, q, beta)``, and an ``encoder`` with
+    ``params``, ``distribution`` and ``flows``, so every training scheme and collapse metric
+    applies. ``data_dim`` of the :class:`ModelConfig` is the vocabulary size V.
+    """
+
+    injective = False
+    #: The token whose logit is fixed at 0, if any (the reference category).
+    _reference: int | None = None
+    #: Upper bound on the number of logits computed at once by :meth:`log_likelihood` (rows are
+    #: processed in chunks): memory stays bounded for many importance samples and a large V.
+    max_logits = 2**24
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        v, k = cfg.data_dim, cfg.latent_dim
+        specials = len(Vocabulary.SPECIALS)
+        if v <= specials:
+            raise ValueError(
+                f"data_dim is the vocabulary size for a text model and must exceed the {specials} "
+                f"special tokens, got {v}"
+            )
+        self.cfg = cfg
+        fixed = {Vocabulary.PAD, Vocabulary.BOS}
+        if self._reference is not None:
+            fixed.add(self._reference)
+        free = [i for i in range(v) if i not in fixed]
+        self.encoder = SequenceEncoder(
+            v, k, cfg.embed_dim, cfg.lstm_hidden, cfg.flow_layers, cfg.hidden
+        )
+        self.decoder = self._make_decoder(cfg, len(free))
+        self.register_buffer("_zeros", torch.zeros(k))
+        self.register_buffer("_free_ids", torch.tensor(free, dtype=torch.long), persistent=False)
+        #: (min_len, max_len) in words; 0 means no limit (see :meth:`set_length_limits`).
+        self.register_buffer("length_limits", torch.zeros(2, dtype=torch.long))
+
+    def _make_decoder(self, cfg: ModelConfig, n_out: int) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.data_dim
+
+    def _check(self, x: torch.Tensor) -> None:
+        """Raise a ValueError unless x is padded token ids (B, L) of this vocabulary."""
+        _check_tokens(x, self.vocab_size)
+
+    def set_length_limits(self, min_len: int = 0, max_len: int = 0) -> None:
+        """Make the model itself bound sentence lengths: ``</s>`` gets probability 0 before
+        ``min_len`` words and 1 after ``max_len`` words (0: no limit). Saved with the state dict.
+        :func:`lidvae_nb.data.synthetic_text` uses it, so that its corpus is an exact sample."""
+        min_len = check_count("min_len", min_len, minimum=0)
+        max_len = check_count("max_len", max_len, minimum=0)
+        if max_len and min_len > max_len:
+            raise ValueError(
+                f"min_len must be <= max_len, got min_len={min_len}, max_len={max_len}"
+            )
+        self.length_limits.copy_(torch.tensor([min_len, max_len]))
+
+    def prior(self) -> D.Distribution:
+        """p(z) = N(0, I_K), event (K,)."""
+        return D.Independent(D.Normal(self._zeros, torch.ones_like(self._zeros)), 1)
+
+    def encode(self, x: torch.Tensor) -> D.Distribution:
+        """q(z | x): batch (B,), event (K,)."""
+        return self.encoder(x)
+
+    def next_token_logits(
+        self, h: torch.Tensor, z: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of the next token over the whole vocabulary, (M, V), from LSTM outputs h (M, H),
+        latents z (M, K) and the number of words already generated (M,) (for the length limits).
+        """
+        free = self.decoder.logits(h, z)
+        full = free.new_full((free.shape[0], self.vocab_size), -math.inf)
+        if self._reference is not None:
+            full[:, self._reference] = 0.0
+        full = full.index_copy(1, self._free_ids, free)
+        lo, hi = self.length_limits.tolist()
+        eos = Vocabulary.EOS
+        if lo > 0:
+            early = torch.zeros_like(full, dtype=torch.bool)
+            early[:, eos] = positions < lo
+            full = full.masked_fill(early, -math.inf)
+        if hi > 0:
+            only_eos = torch.full_like(full[:1], -math.inf)
+            only_eos[:, eos] = 0.0
+            full = torch.where((positions >= hi).unsqueeze(1), only_eos, full)
+        return full
+
+    def _log_prob_rows(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) for checked, trimmed rows x (N, L) and z (N, K): (N,)."""
+        inputs, targets = x[:, :-1], x[:, 1:]
+        states, _ = self.decoder.run(inputs, z)  # (N, L - 1, H)
+        mask = targets != Vocabulary.PAD
+        n, t = targets.shape
+        positions = torch.arange(t, device=x.device).expand(n, t)[mask]
+        rows = torch.arange(n, device=x.device).unsqueeze(1).expand(n, t)[mask]
+        logits = self.next_token_logits(states[mask], z[rows], positions)
+        log_p = -F.cross_entropy(logits, targets[mask], reduction="none")
+        return log_p.new_zeros(n).index_add(0, rows, log_p)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) per sentence: x (B, L) token ids, z (..., B, K) (or any shape whose
+        leading dimensions broadcast against (B,)); returns the broadcast shape, e.g. (S, B).
+
+        Rows are evaluated in chunks of at most :attr:`max_logits` logits.
+        """
+        x, _ = _check_tokens(x, self.vocab_size)
+        k = self.cfg.latent_dim
+        if not isinstance(z, torch.Tensor) or z.dim() < 1 or z.shape[-1] != k:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must have shape (..., B, {k}), got {shape}")
+        try:
+            batch = torch.broadcast_shapes(z.shape[:-1], x.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"z {tuple(z.shape)} does not broadcast against x {tuple(x.shape)}: z must be "
+                f"(..., {x.shape[0]}, {k})"
+            ) from None
+        length = x.shape[1]
+        xs = x.expand(*batch, length).reshape(-1, length)
+        zs = z.expand(*batch, k).reshape(-1, k)
+        step = max(1, self.max_logits // (length * self.vocab_size))
+        out = [
+            self._log_prob_rows(xs[i : i + step], zs[i : i + step]) for i in range(0, len(xs), step)
+        ]
+        return torch.cat(out).reshape(batch)
+
+    def _elbo(self, x: torch.Tensor, q: D.Distribution, beta: float) -> dict:
+        z = q.rsample()
+        rec = -self.log_likelihood(x, z)
+        if len(self.encoder.flows) == 0:
+            kl = D.kl_divergence(q, self.prior())
+        else:
+            kl = q.log_prob(z) - self.prior().log_prob(z)
+        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+
+    def loss_from_q(self, x: torch.Tensor, q: D.Distribution, beta: float = 1.0) -> dict:
+        """Negative ELBO with a given q(z | x), one reparameterised sample per sentence.
+
+        The SA-VAE scheme differentiates it twice (through its unrolled SVI steps); cuDNN's LSTM
+        has no double backward, so on a GPU this runs the decoder's LSTM without cuDNN (slower;
+        :meth:`loss` keeps cuDNN).
+        """
+        with _without_cudnn(x.is_cuda):
+            return self._elbo(x, q, beta)
+
+    def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict:
+        """Negative ELBO: ``loss`` (scalar, beta-weighted KL), ``rec`` and ``kl`` (B,) in nats per
+        sentence."""
+        return self._elbo(x, self.encode(x), beta)
+
+    @torch.no_grad()
+    def sample(
+        self, z: torch.Tensor, max_len: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sentences drawn from p(x | z) word by word, (N, max_len + 2) padded ids, from z (N, K).
+
+        ``max_len`` defaults to the model's own limit (:meth:`set_length_limits`), else 30; a
+        sentence that reaches ``max_len`` words is ended there (an exact draw only when that is
+        the model's own limit or no sentence reaches it).
+        """
+        k = self.cfg.latent_dim
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != k:
+            raise ValueError(f"z must have shape (N, {k}), got {getattr(z, 'shape', z)!r}")
+        limit = int(self.length_limits[1])
+        max_len = check_count("max_len", max_len) if max_len is not None else (limit or 30)
+        n = z.shape[0]
+        out = torch.full((n, max_len + 2), Vocabulary.PAD, dtype=torch.long, device=z.device)
+        out[:, 0] = Vocabulary.BOS
+        finished = torch.zeros(n, dtype=torch.bool, device=z.device)
+        tokens, state = out[:, :1], None
+        for j in range(max_len + 1):
+            h, state = self.decoder.run(tokens, z, state)
+            positions = torch.full((n,), j, dtype=torch.long, device=z.device)
+            logits = self.next_token_logits(h[:, 0], z, positions)
+            if j == max_len:
+                logits = torch.full_like(logits, -math.inf)
+                logits[:, Vocabulary.EOS] = 0.0
+            token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+            token = token.masked_fill(finished, Vocabulary.PAD)
+            out[:, j + 1] = token
+            finished |= token == Vocabulary.EOS
+            if finished.all():
+                break
+            tokens = token.unsqueeze(1)
+        return out
+
+
+class SequentialVAE(_SequenceVAE):
+    """The LSTM sequential VAE of He et al. (2019) (Bowman et al., 2016): an LSTM encoder, and an
+    LSTM decoder whose initial state comes from z and whose input is ``[embedding, z]`` at every
+    step (:class:`SequenceDecoder`). Classical: nothing stops the decoder from ignoring z."""
+
+    def _make_decoder(self, cfg: ModelConfig, n_out: int) -> nn.Module:
+        return SequenceDecoder(
+            cfg.data_dim, cfg.latent_dim, cfg.embed_dim, cfg.lstm_hidden, cfg.lstm_layers, n_out
+        )
+
+
+class LIDSVAE(_SequenceVAE):
+    """Latent-identifiable sequential VAE (Wang et al., Example 2): the decoder's logits are
+    ``g2(beta2^T g1([z, h_i]))`` with an LSTM state h_i started from z
+    (:class:`InjectiveSequenceDecoder`), so p(x | z) is injective in z.
+
+    A softmax does not change when a constant is added to every logit, so injective logits alone
+    would not make the next-word distribution injective. Here the logit of ``<unk>`` is fixed at
+    0 (the reference category of the categorical's minimal exponential-family form) and g2, on
+    R^(V - 3), gives the others (``<pad>`` and ``<s>`` are never generated): then distinct logits
+    are distinct distributions, and already the first word's distribution determines z.
+    Needs ``latent_dim + lstm_hidden <= V - 3``.
+    """
+
+    injective = True
+    _reference = Vocabulary.UNK
+
+    def _make_decoder(self, cfg: ModelConfig, n_out: int) -> nn.Module:
+        width = cfg.latent_dim + cfg.lstm_hidden
+        if width > n_out:
+            raise ValueError(
+                f"latent_dim + lstm_hidden ({cfg.latent_dim} + {cfg.lstm_hidden} = {width}) must "
+                f"not exceed data_dim - 3 ({n_out}): the injective decoder lifts [z, h] into the "
+                "free logits"
+            )
+        return InjectiveSequenceDecoder(
+            cfg.data_dim,
+            cfg.latent_dim,
+            cfg.embed_dim,
+            cfg.lstm_hidden,
+            cfg.lstm_layers,
+            n_out,
+            width=cfg.hidden,
+            depth=cfg.decoder_depth,
+            alpha=cfg.icnn_alpha,
+        )
+
+
 MODELS = {"vae": VAE, "lidvae": LIDVAE, "gmvae": GMVAE, "lidgmvae": LIDGMVAE, "vade": VaDE}
 
 
+#: The text models, kept apart from ``MODELS`` (the image and toy models, which take data (B, D)).
+TEXT_MODELS = {"svae": SequentialVAE, "lidsvae": LIDSVAE}
+
+
 def build_model(name: str, cfg: ModelConfig) -> nn.Module:
-    """A model by name: one of ``MODELS`` ('vae', 'lidvae', 'gmvae', 'lidgmvae', 'vade')."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](cfg)
+    """A model by name: one of ``MODELS`` ('vae', 'lidvae', 'gmvae', 'lidgmvae', 'vade') or
+    ``TEXT_MODELS`` ('svae', 'lidsvae'; ``cfg.data_dim`` is then the vocabulary size)."""
+    known = {**MODELS, **TEXT_MODELS}
+    if name not in known:
+        raise ValueError(f"model must be one of {sorted(known)}, got {name!r}")
+    return known[name](cfg)
