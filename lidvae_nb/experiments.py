@@ -643,6 +643,10 @@ def main(argv=None) -> None:
         default=None,
         help="then write q(y | x) against p(y | x) of the grid's mixture runs to this JSON file",
     )
+    parser.add_argument("--label-images", type=int, default=500, help="test images for that")
+    parser.add_argument(
+        "--label-samples", type=int, default=50, help="importance samples per image and cluster"
+    )
     args = parser.parse_args(argv)
     specs = load_grid(args.grid)
     start = time.perf_counter()
@@ -652,8 +656,19 @@ def main(argv=None) -> None:
     failed = [r["id"] for r in results if r.get("error")]
     print(f"{len(results)} runs in {args.out}" + (f"; stopped on NaN: {failed}" if failed else ""))
     if args.label_posteriors:
-        entries = label_posteriors(results, args.out, data_root=args.data_root, device=args.device)
-        settings = {"grid": str(args.grid), "n_images": 500, "n_samples": 50}
+        entries = label_posteriors(
+            results,
+            args.out,
+            n_images=args.label_images,
+            n_samples=args.label_samples,
+            data_root=args.data_root,
+            device=args.device,
+        )
+        settings = {
+            "grid": str(args.grid),
+            "n_images": args.label_images,
+            "n_samples": args.label_samples,
+        }
         record = {
             "label_posteriors": entries,
             "provenance": provenance(settings, time.perf_counter() - start),

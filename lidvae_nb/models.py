@@ -644,7 +644,7 @@ class SequenceEncoder(nn.Module):
 
     Word embeddings, a one-layer LSTM, and a linear map from the LSTM output at each sentence's
     ``</s>`` (so the padding after it has no effect) to ``(mu, raw_sigma)``; optionally RealNVP
-    couplings on top, as :class:`GaussianEncoder`, whose :meth:`distribution` it shares. It holds
+    couplings on top, as :class:`GaussianEncoder`, whose ``distribution`` it shares. It holds
     every inference parameter (its own embedding included), as the trainer's lagging scheme needs.
     """
 
@@ -880,7 +880,7 @@ class _SequenceVAE(nn.Module):
         """log p(x | z) per sentence: x (B, L) token ids, z (..., B, K) (or any shape whose
         leading dimensions broadcast against (B,)); returns the broadcast shape, e.g. (S, B).
 
-        Rows are evaluated in chunks of at most :attr:`max_logits` logits.
+        Rows are evaluated in chunks of at most ``max_logits`` logits.
         """
         x, _ = _check_tokens(x, self.vocab_size)
         k = self.cfg.latent_dim

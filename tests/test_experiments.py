@@ -256,6 +256,15 @@ def test_the_command_line_writes_one_file_per_run(root, tmp_path, capsys):
     ]
     assert all(r["error"] is None for r in collect(out))
     assert "2 runs" in capsys.readouterr().out
+    # Again, with the label analysis: the runs are skipped, the file holds no mixture run.
+    labels = tmp_path / "labels.json"
+    experiments.main(
+        [str(grid), "--out", str(out), "--data-root", str(root), "--label-posteriors", str(labels)]
+        + ["--label-images", "5", "--label-samples", "3"]
+    )
+    stored = json.loads(labels.read_text())
+    assert stored["label_posteriors"] == []
+    assert stored["provenance"]["config"]["n_images"] == 5 and "date" in stored["provenance"]
 
 
 # --- provenance ---------------------------------------------------------------------------------
