@@ -538,12 +538,16 @@ def label_posteriors(
 
     n_images = check_count("n_images", n_images)
     n_samples = check_count("n_samples", n_samples)
-    out = []
+    out, loaded = [], {}
     for record in results:
         spec = RunSpec.from_dict(record["spec"])
         if spec.model_name not in ("gmvae", "lidgmvae") or record.get("error"):
             continue
-        sets = load_data(spec, data_root)
+        # Runs that differ only in method, depth or seed share their images: read them once.
+        key = (spec.dataset, spec.n_train, spec.n_val, spec.n_test, spec.data_seed)
+        if key not in loaded:
+            loaded[key] = load_data(spec, data_root)
+        sets = loaded[key]
         if sets["test_labels"] is None:
             continue
         model = load_model(spec, out_dir, device=device)

@@ -239,6 +239,19 @@ def _injective_decoder(cfg: ModelConfig) -> nn.Module:
     )
 
 
+def _negative_elbo(model, x: torch.Tensor, q: D.Distribution, beta: float) -> dict:
+    """``rec + beta * KL`` with one reparameterised draw of q(z | x), for any model with
+    ``log_likelihood``, ``prior`` and a Gaussian ``encoder`` (KL in closed form without flows, by
+    the draw with them): ``loss`` (scalar mean), ``rec`` and ``kl`` (B,)."""
+    z = q.rsample()
+    rec = -model.log_likelihood(x, z)
+    if len(model.encoder.flows) == 0:
+        kl = D.kl_divergence(q, model.prior())
+    else:
+        kl = q.log_prob(z) - model.prior().log_prob(z)
+    return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+
+
 class _Likelihood(nn.Module):
     """p(x | decoder output): Bernoulli logits or a Gaussian with a learned per-dimension scale."""
 
@@ -303,13 +316,7 @@ class VAE(_GaussianEncoderModel):
 
     def loss_from_q(self, x: torch.Tensor, q: D.Distribution, beta: float = 1.0) -> dict:
         """Negative ELBO with a given q(z | x) (one reparameterised sample per point)."""
-        z = q.rsample()
-        rec = -self.log_likelihood(x, z)
-        if len(self.encoder.flows) == 0:
-            kl = D.kl_divergence(q, self.prior())
-        else:
-            kl = q.log_prob(z) - self.prior().log_prob(z)
-        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+        return _negative_elbo(self, x, q, beta)
 
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict:
         return self.loss_from_q(x, self.encode(x), beta)
@@ -903,15 +910,6 @@ class _SequenceVAE(nn.Module):
         ]
         return torch.cat(out).reshape(batch)
 
-    def _elbo(self, x: torch.Tensor, q: D.Distribution, beta: float) -> dict:
-        z = q.rsample()
-        rec = -self.log_likelihood(x, z)
-        if len(self.encoder.flows) == 0:
-            kl = D.kl_divergence(q, self.prior())
-        else:
-            kl = q.log_prob(z) - self.prior().log_prob(z)
-        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
-
     def loss_from_q(self, x: torch.Tensor, q: D.Distribution, beta: float = 1.0) -> dict:
         """Negative ELBO with a given q(z | x), one reparameterised sample per sentence.
 
@@ -920,12 +918,12 @@ class _SequenceVAE(nn.Module):
         :meth:`loss` keeps cuDNN).
         """
         with _without_cudnn(x.is_cuda):
-            return self._elbo(x, q, beta)
+            return _negative_elbo(self, x, q, beta)
 
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict:
         """Negative ELBO: ``loss`` (scalar, beta-weighted KL), ``rec`` and ``kl`` (B,) in nats per
         sentence."""
-        return self._elbo(x, self.encode(x), beta)
+        return _negative_elbo(self, x, self.encode(x), beta)
 
     @torch.no_grad()
     def sample(

@@ -40,7 +40,7 @@ from torch import distributions as D
 from torch import nn
 from tqdm import tqdm
 
-from lidvae_nb._checks import check_count
+from lidvae_nb._checks import check_count, check_positive
 
 SCHEMES = ("elbo", "beta", "anneal", "lagging", "savae")
 OPTIMIZERS = ("adam", "rmsprop")
@@ -112,6 +112,15 @@ def _decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in enc]
 
 
+def _check_refinable(model: nn.Module, who: str) -> None:
+    if not hasattr(model, "loss_from_q") or len(model.encoder.flows) > 0:
+        raise ValueError(
+            f"{who} refines a Gaussian q(z | x): it needs a VAE or LIDVAE without flow layers, "
+            f"got {type(model).__name__} with "
+            f"flow_layers={getattr(getattr(model, 'cfg', None), 'flow_layers', '?')}"
+        )
+
+
 def svi_refine(
     model: nn.Module,
     x: torch.Tensor,
@@ -131,6 +140,8 @@ def svi_refine(
     (training); without it they are taken on detached copies (evaluation, also under
     ``torch.no_grad``) and the refined parameters come back detached.
     """
+    steps = check_count("steps", steps, minimum=0)
+    lr, max_grad_norm = check_positive("lr", lr), check_positive("max_grad_norm", max_grad_norm)
     with torch.enable_grad():
         lam = list(model.encoder.params(x))
         if not create_graph:
@@ -157,12 +168,11 @@ class SemiAmortized(nn.Module):
 
     def __init__(self, model: nn.Module, steps: int, lr: float, max_grad_norm: float = 5.0):
         super().__init__()
-        if not hasattr(model, "loss_from_q") or len(model.encoder.flows) > 0:
-            raise ValueError(
-                "SemiAmortized refines a Gaussian q(z | x): it needs a VAE or LIDVAE without "
-                f"flow layers, got {type(model).__name__}"
-            )
-        self.model, self.steps, self.lr, self.max_grad_norm = model, steps, lr, max_grad_norm
+        _check_refinable(model, "SemiAmortized")
+        self.model = model
+        self.steps = check_count("steps", steps, minimum=0)
+        self.lr = check_positive("lr", lr)
+        self.max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
 
     @property
     def cfg(self):
@@ -334,12 +344,7 @@ class Trainer:
 
     def _savae_step(self, x: torch.Tensor, beta: float) -> dict:
         model = self.model
-        if not hasattr(model, "loss_from_q") or len(model.encoder.flows) > 0:
-            raise ValueError(
-                "scheme 'savae' refines a Gaussian q(z | x): it needs a VAE or LIDVAE without "
-                f"flow layers, got {type(model).__name__} with "
-                f"flow_layers={getattr(model.cfg, 'flow_layers', '?')}"
-            )
+        _check_refinable(model, "scheme 'savae'")
         cfg = self.cfg
         lam = svi_refine(
             model, x, cfg.savae_steps, cfg.savae_lr, beta, True, cfg.savae_max_grad_norm

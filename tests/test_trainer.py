@@ -156,3 +156,19 @@ def test_savae_is_evaluated_with_the_refined_posterior_it_was_trained_with():
         start = model.encoder.params(XV * 50)
     moved = torch.cat([one[0] - start[0], one[1] - start[1]], -1).norm(dim=-1)
     assert moved.max() <= 0.5 + 1e-5 and moved.max() > 0.4
+
+
+def test_svi_refinement_settings_are_checked_by_name():
+    from lidvae_nb.trainer import SemiAmortized, svi_refine
+
+    model = small()
+    for kwargs, name in (
+        ({"steps": -1}, "steps"),
+        ({"lr": 0.0}, "lr"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+    ):
+        settings = {"steps": 2, "lr": 0.1, "max_grad_norm": 5.0, **kwargs}
+        with pytest.raises(ValueError, match=name):
+            svi_refine(model, XV, **settings)
+        with pytest.raises(ValueError, match=name):
+            SemiAmortized(model, **settings)
