@@ -1,12 +1,18 @@
-"""The image experiments (Wang et al., Table 1 on images): one run per (data set, method, decoder
+"""The image and text experiments (Wang et al., Table 1): one run per (data set, method, decoder
 depth, seed), each stored as one JSON file, skipped when already done and resumed from its
 checkpoint when interrupted.
 
 Methods (:data:`METHODS`, each a model of :mod:`lidvae_nb.models` and a scheme of
 :class:`lidvae_nb.trainer.TrainConfig`): ``vae``, ``savae`` (semi-amortised), ``lagging`` (lagging
 inference networks), ``beta`` (beta-VAE, beta = 0.2 by default), ``lidvae``, ``gmvae`` and
-``lidgmvae``. Data sets (:data:`DATASETS`): ``mnist``, ``fashion_mnist`` and ``omniglot`` from
-:mod:`lidvae_nb.data`; the models see 784 pixels under a Bernoulli likelihood.
+``lidgmvae``. Image data sets (:data:`DATASETS`): ``mnist``, ``fashion_mnist`` and ``omniglot``
+from :mod:`lidvae_nb.data`; the models see 784 pixels under a Bernoulli likelihood.
+
+Text data sets (:data:`TEXT_DATASETS`): ``synthetic_text`` (drawn from a known LSTM sequential VAE,
+:func:`lidvae_nb.data.synthetic_text`) and ``yahoo`` (:func:`lidvae_nb.data.yahoo`). There the
+methods ``vae``, ``savae``, ``lagging`` and ``beta`` train the LSTM
+:class:`~lidvae_nb.models.SequentialVAE` and ``lidvae`` the
+:class:`~lidvae_nb.models.LIDSVAE` (:data:`TEXT_MODEL`); the mixture methods do not apply.
 
 A grid is a TOML file: four lists that are crossed, and settings shared by every run (any field
 of :class:`RunSpec`)::
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -61,6 +68,10 @@ DATASETS = {
     "fashion_mnist": _data.fashion_mnist,
     "omniglot": _data.omniglot,
 }
+#: The text data sets (see :func:`load_data`).
+TEXT_DATASETS = ("synthetic_text", "yahoo")
+#: The text model that takes the place of each image model (``build_model`` names).
+TEXT_MODEL = {"vae": "svae", "lidvae": "lidsvae"}
 #: The pixels per image (28 x 28); every model here has ``data_dim`` 784 and a Bernoulli likelihood.
 IMAGE_DIM = 784
 #: The grid file's lists and the :class:`RunSpec` field each one sets.
@@ -92,6 +103,16 @@ class RunSpec:
     ``.``) is appended to the run id to tell apart variants that differ in other settings.
     ``verify`` checks the data files' SHA-256.
 
+    Text runs (``dataset`` in :data:`TEXT_DATASETS`) read ``n_train``, ``n_val`` and ``n_test``
+    as documents (see :func:`load_data`), ``embed_dim``, ``lstm_hidden`` and ``lstm_layers`` as
+    the LSTMs' sizes, ``hidden`` and ``depth`` as the width and depth of LIDSVAE's ICNNs (and
+    ``hidden`` as that of the flow layers), ``vocab_size`` as the number of ordinary words
+    (0: every word of the training documents for Yahoo, 1,000 for the synthetic corpus) and
+    ``max_len`` as the longest document in words (0: no limit for Yahoo, 30 for the synthetic
+    corpus); ``encoder_depth`` does not apply (a one-layer LSTM encoder). The defaults are the
+    image settings; a text grid sets at least ``batch_size`` and ``latent_dim``. The image runs
+    ignore the text fields.
+
     Dict-like: ``spec["method"]``, ``dict(spec)``, ``to_dict()``, ``from_dict(d)``.
     """
 
@@ -114,6 +135,11 @@ class RunSpec:
     flow_layers: int = 0
     fixed_prior_means: bool = False
     iwae_samples: int = 500
+    embed_dim: int = 128
+    lstm_hidden: int = 256
+    lstm_layers: int = 1
+    vocab_size: int = 0
+    max_len: int = 0
     beta: float = 0.2
     savae_steps: int = 10
     savae_lr: float = 1.0
@@ -123,10 +149,17 @@ class RunSpec:
     verify: bool = True
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
+        known = (*DATASETS, *TEXT_DATASETS)
+        if self.dataset not in known:
+            raise ValueError(f"dataset must be one of {known}, got {self.dataset!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+        if self.is_text and METHODS[self.method][0] not in TEXT_MODEL:
+            usable = tuple(m for m, (model, _) in METHODS.items() if model in TEXT_MODEL)
+            raise ValueError(
+                f"method {self.method!r} has no text model; on the text data set "
+                f"{self.dataset!r} the methods are {usable}"
+            )
         for name in (
             "depth",
             "epochs",
@@ -138,13 +171,25 @@ class RunSpec:
             "n_clusters",
             "savae_steps",
             "lagging_max_inner",
+            "embed_dim",
+            "lstm_hidden",
+            "lstm_layers",
         ):
             setattr(self, name, check_count(name, getattr(self, name)))
-        for name in ("seed", "data_seed", "n_val", "n_test", "flow_layers", "iwae_samples"):
+        for name in (
+            "seed",
+            "data_seed",
+            "n_val",
+            "n_test",
+            "flow_layers",
+            "iwae_samples",
+            "vocab_size",
+            "max_len",
+        ):
             setattr(self, name, check_count(name, getattr(self, name), minimum=0))
         for name in ("lr", "grad_clip", "beta", "savae_lr"):
             setattr(self, name, check_positive(name, getattr(self, name)))
-        if self.latent_dim > IMAGE_DIM:
+        if not self.is_text and self.latent_dim > IMAGE_DIM:
             raise ValueError(f"latent_dim must be at most {IMAGE_DIM}, got {self.latent_dim}")
         if self.optimizer not in ("adam", "rmsprop"):
             raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {self.optimizer!r}")
@@ -196,16 +241,35 @@ class RunSpec:
         return f"{base}-{self.tag}" if self.tag else base
 
     @property
+    def is_text(self) -> bool:
+        """Whether the data set is a text corpus (:data:`TEXT_DATASETS`)."""
+        return self.dataset in TEXT_DATASETS
+
+    @property
     def model_name(self) -> str:
-        return METHODS[self.method][0]
+        """The :func:`lidvae_nb.models.build_model` name: the method's image model, or for a text
+        data set the matching text model (:data:`TEXT_MODEL`)."""
+        name = METHODS[self.method][0]
+        return TEXT_MODEL[name] if self.is_text else name
 
     @property
     def scheme(self) -> str:
         return METHODS[self.method][1]
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self, data_dim: int | None = None) -> ModelConfig:
+        """The model's sizes. ``data_dim`` is the vocabulary size of a text run (special tokens
+        included: ``len(vocab)`` of :func:`load_data`); the image runs have 784 pixels."""
+        if self.is_text:
+            if data_dim is None:
+                raise ValueError(
+                    f"run {self.run_id} is a text run: pass data_dim, the vocabulary size "
+                    "(len(load_data(spec)['vocab']))"
+                )
+            data_dim = check_count("data_dim", data_dim)
+        elif data_dim not in (None, IMAGE_DIM):
+            raise ValueError(f"the image runs have data_dim {IMAGE_DIM}, got {data_dim!r}")
         return ModelConfig(
-            data_dim=IMAGE_DIM,
+            data_dim=IMAGE_DIM if data_dim is None else data_dim,
             latent_dim=self.latent_dim,
             hidden=self.hidden,
             encoder_depth=self.encoder_depth,
@@ -214,6 +278,9 @@ class RunSpec:
             n_clusters=self.n_clusters,
             flow_layers=self.flow_layers,
             fixed_prior_means=self.fixed_prior_means,
+            embed_dim=self.embed_dim,
+            lstm_hidden=self.lstm_hidden,
+            lstm_layers=self.lstm_layers,
         )
 
     def train_config(self, checkpoint_dir=None, device=None, progress=False) -> TrainConfig:
@@ -290,9 +357,12 @@ def _check_unique(specs) -> None:
 
 
 def load_data(spec: RunSpec, data_root=None) -> dict:
-    """The run's images as float tensors (N, 784) in [0, 1]: ``train`` (grey levels, binarised
-    per batch while training), ``val`` and ``test`` (binarised once, fixed by ``data_seed``),
-    and ``test_labels`` (int64, or None for Omniglot). ``val`` is None when ``n_val`` is 0."""
+    """The run's data. Images: float tensors (N, 784) in [0, 1]: ``train`` (grey levels,
+    binarised per batch while training), ``val`` and ``test`` (binarised once, fixed by
+    ``data_seed``), and ``test_labels`` (int64, or None for Omniglot). ``val`` is None when
+    ``n_val`` is 0. Text: see :func:`load_text`."""
+    if spec.is_text:
+        return load_text(spec, data_root)
     loader = DATASETS[spec.dataset]
     x, _ = loader("train", root=data_root, verify=spec.verify)
     if spec.n_val + spec.n_train > len(x):
@@ -319,7 +389,90 @@ def load_data(spec: RunSpec, data_root=None) -> dict:
     }
 
 
+#: Test documents of the synthetic corpus when ``n_test`` is 0 (the paper's evaluation size).
+SYNTHETIC_TEST_DOCS = 10_000
+
+
+def load_text(spec: RunSpec, data_root=None) -> dict:
+    """The documents of a text run as padded token ids (:func:`lidvae_nb.data.pad_batch`):
+    ``train``, ``val`` (None when ``n_val`` is 0) and ``test``, LongTensors (N, T + 2); ``vocab``
+    (the :class:`~lidvae_nb.data.Vocabulary`), ``test_labels`` (None) and ``test_tokens`` (the
+    test set's predicted tokens, its words and one ``</s>`` per document, for the perplexity).
+
+    ``synthetic_text``: ``n_train + n_val + n_test`` sentences (``n_test`` 0: 10,000) drawn with
+    seed ``data_seed`` from the true model of :func:`lidvae_nb.data.synthetic_text`
+    (``vocab_size`` words, 0: 1,000; at most ``max_len`` words, 0: 30), in that order; the
+    vocabulary is the generator's. ``true_model`` is that model.
+
+    ``yahoo``: the documents of at most ``max_len`` tokens (0: all). The validation split stands
+    in for the training data (the training split is not available offline): ``n_val`` of its
+    documents are held out for validation and ``n_train`` drawn from the rest; ``n_test`` are
+    drawn from the test split (0: all), every draw fixed by ``data_seed``. The vocabulary is built
+    on the training documents alone (the ``vocab_size`` most frequent words, 0: all of them); any
+    other word becomes ``<unk>``.
+    """
+    if spec.dataset == "synthetic_text":
+        n_test = spec.n_test or SYNTHETIC_TEST_DOCS
+        max_len = spec.max_len or 30
+        x, _, true_model = _data.synthetic_text(
+            spec.n_train + spec.n_val + n_test,
+            seed=spec.data_seed,
+            vocab_size=spec.vocab_size or 1000,
+            min_len=min(10, max_len),
+            max_len=max_len,
+        )
+        vocab = _data.Vocabulary.numbered(spec.vocab_size or 1000)
+        train = x[: spec.n_train]
+        val = x[spec.n_train : spec.n_train + spec.n_val] if spec.n_val else None
+        test = x[spec.n_train + spec.n_val :]
+        extra = {"true_model": true_model}
+    else:
+        max_len = spec.max_len or None
+        docs = _data.yahoo("val", root=data_root, max_len=max_len, verify=spec.verify)
+        if spec.n_val + spec.n_train > len(docs):
+            limit = f" of at most {spec.max_len} tokens" if spec.max_len else ""
+            raise ValueError(
+                f"yahoo's validation split has {len(docs)} documents{limit}, fewer than "
+                f"n_train + n_val = {spec.n_train} + {spec.n_val}"
+            )
+        train_idx, val_idx, _ = _data.split_indices(len(docs), spec.n_val, seed=spec.data_seed)
+        order = torch.randperm(len(train_idx), generator=_generator(spec.data_seed))
+        train_docs = [docs[train_idx[i]] for i in order[: spec.n_train].tolist()]
+        val_docs = [docs[i] for i in val_idx.tolist()]
+        test_docs = _data.yahoo("test", root=data_root, max_len=max_len, verify=spec.verify)
+        if spec.n_test > len(test_docs):
+            raise ValueError(
+                f"yahoo's test split has {len(test_docs)} documents"
+                + (f" of at most {spec.max_len} tokens" if spec.max_len else "")
+                + f", fewer than n_test = {spec.n_test}"
+            )
+        if spec.n_test:
+            pick = torch.randperm(len(test_docs), generator=_generator(spec.data_seed + 1))
+            test_docs = [test_docs[i] for i in pick[: spec.n_test].tolist()]
+        size = spec.vocab_size + len(_data.Vocabulary.SPECIALS) if spec.vocab_size else None
+        vocab = _data.Vocabulary.build(train_docs, max_size=size)
+        train = _data.pad_batch(train_docs, vocab)
+        val = _data.pad_batch(val_docs, vocab) if val_docs else None
+        test = _data.pad_batch(test_docs, vocab)
+        extra = {}
+    return {
+        "train": train,
+        "val": val,
+        "test": test,
+        "vocab": vocab,
+        "test_labels": None,
+        "test_tokens": int((test[:, 1:] != _data.Vocabulary.PAD).sum()),
+        **extra,
+    }
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1_000_003 * seed + 29)
+
+
 def _comparable(spec: dict, ignore=()) -> dict:
+    # Through RunSpec: a spec stored before a field was added reads as that field's default.
+    spec = RunSpec.from_dict(spec).to_dict()
     return {k: v for k, v in spec.items() if k not in _NOT_RESULT_FIELDS and k not in ignore}
 
 
@@ -345,10 +498,13 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
     The result holds ``id``, ``spec``, ``metrics`` (on the test images:
     :func:`lidvae_nb.metrics.collapse_report`, that is ``au``, ``kl``, ``mi``,
     ``log_likelihood`` and, for the mixture models, ``cluster_mi``, ``cluster_entropy`` and,
-    where the data set has labels, ``cluster_accuracy``), ``history`` (one record per epoch),
-    ``epochs``, ``resumed_from_epoch``, ``n_images``, ``error`` (None, or the message of a stop on
-    a non-finite loss, in which case ``metrics`` is empty) and ``provenance``
-    (:func:`lidvae_nb.report.provenance` plus ``epochs``).
+    where the data set has labels, ``cluster_accuracy``; for text also ``perplexity``, the
+    exponential of minus the test log-likelihood per predicted token, words and ``</s>``),
+    ``history`` (one record per epoch), ``epochs``, ``resumed_from_epoch``, ``n_images`` (for
+    text: documents), ``error`` (None, or the message of a stop on a non-finite loss, in which
+    case ``metrics`` is empty) and ``provenance`` (:func:`lidvae_nb.report.provenance` plus
+    ``epochs``); a text run also ``vocab_size`` and ``test_tokens``, and keeps its vocabulary
+    in ``out_dir/<run id>/vocab.json``.
     """
     if not isinstance(spec, RunSpec):
         spec = RunSpec.from_dict(dict(spec))
@@ -383,12 +539,15 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
 
     start = time.perf_counter()
     sets = load_data(spec, data_root)
+    vocab = sets.get("vocab")
+    if vocab is not None:
+        vocab.save(run_dir / "vocab.json")
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model_name, spec.model_config())
+    model = build_model(spec.model_name, spec.model_config(None if vocab is None else len(vocab)))
     trainer = Trainer(
         model,
         spec.train_config(checkpoint_dir=run_dir, device=device, progress=progress),
-        batch_transform=_data.binarize,
+        batch_transform=None if spec.is_text else _data.binarize,
     )
     resumed_from = trainer.epoch
     if resumed_from > spec.epochs:
@@ -410,6 +569,9 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
             iwae_samples=spec.iwae_samples,
             labels=None if labels is None else labels.numpy(),
         )
+        if spec.is_text and "log_likelihood" in metrics:
+            per_token = metrics["log_likelihood"] * len(sets["test"]) / sets["test_tokens"]
+            metrics["perplexity"] = math.exp(-per_token)
     prov = provenance(spec_dict, time.perf_counter() - start)
     prov["epochs"] = trainer.epoch
     record = {
@@ -427,6 +589,9 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
         "history": trainer.history,
         "provenance": prov,
     }
+    if vocab is not None:
+        record["vocab_size"] = len(vocab)
+        record["test_tokens"] = sets["test_tokens"]
     _write_json(result_path, record)
     return json.loads(result_path.read_text())
 
@@ -508,7 +673,8 @@ def collect(out_dir) -> list[dict]:
 
 def load_model(spec, out_dir, device=None):
     """The trained model of a stored run, from its checkpoint in ``out_dir/<run id>/``, in eval
-    mode (for analyses beyond the metrics the run stored)."""
+    mode (for analyses beyond the metrics the run stored). A text run's vocabulary is
+    ``Vocabulary.load(out_dir / run_id / "vocab.json")``."""
     if not isinstance(spec, RunSpec):
         spec = RunSpec.from_dict(dict(spec))
     run_dir = Path(out_dir) / spec.run_id
@@ -516,7 +682,10 @@ def load_model(spec, out_dir, device=None):
         raise FileNotFoundError(
             f"no checkpoint for run {spec.run_id} in {run_dir} (expected {Trainer.CHECKPOINT})"
         )
-    model = build_model(spec.model_name, spec.model_config())
+    data_dim = None
+    if spec.is_text:
+        data_dim = len(_data.Vocabulary.load(run_dir / "vocab.json"))
+    model = build_model(spec.model_name, spec.model_config(data_dim))
     trainer = Trainer(model, spec.train_config(checkpoint_dir=run_dir, device=device))
     return trainer.model.eval()
 

@@ -112,6 +112,10 @@ def test_a_grid_file_expands_to_the_cartesian_product_with_shared_settings(tmp_p
         ({"method": "lagging", "n_val": 0}, "n_val"),
         ({"colour": "red"}, "colour"),
         ({"fixed_prior_means": "yes"}, "fixed_prior_means"),
+        ({"dataset": "yahoo", "method": "gmvae"}, "no text model"),
+        ({"dataset": "yahoo", "lstm_hidden": 0}, "lstm_hidden"),
+        ({"dataset": "synthetic_text", "vocab_size": -5}, "vocab_size"),
+        ({"dataset": "yahoo", "max_len": 2.5}, "max_len"),
     ],
 )
 def test_bad_spec_values_are_named(changes, match):
@@ -330,3 +334,107 @@ def test_throughput_counts_images_over_training_seconds():
     assert experiments.throughput(_record("vae", 0, {}, seconds=(2.0, 3.0))) == 40.0
     with pytest.raises(ValueError, match="no timed epochs"):
         experiments.throughput(_record("vae", 0, {}, seconds=()))
+
+
+# --- text runs ----------------------------------------------------------------------------------
+
+TEXT = dict(
+    epochs=1,
+    n_train=24,
+    n_val=8,
+    n_test=10,
+    batch_size=8,
+    latent_dim=3,
+    hidden=8,
+    depth=1,
+    embed_dim=8,
+    lstm_hidden=8,
+    iwae_samples=4,
+    optimizer="adam",
+    verify=False,
+)
+
+
+def _write_yahoo(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)] + ["_UNK"]
+    folder = root / "yahoo"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("val", "test"):
+        lines = []
+        for _ in range(60):
+            n = int(rng.integers(3, 14))  # some documents longer than max_len = 10 below
+            lines.append(" ".join(rng.choice(words, size=n)))
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_a_text_run_trains_the_text_model_and_reports_perplexity(tmp_path):
+    spec = RunSpec.from_dict({**TEXT, "dataset": "synthetic_text", "method": "lidvae"})
+    assert spec.is_text and spec.model_name == "lidsvae"
+    assert spec.replace(method="savae").model_name == "svae"
+    with pytest.raises(ValueError, match="data_dim"):
+        spec.model_config()
+    result = run_one(spec, tmp_path)
+    assert result["error"] is None and result["id"] == "synthetic_text-lidvae-d1-s0"
+    assert result["n_images"] == {"train": 24, "val": 8, "test": 10}
+    assert result["vocab_size"] == 1004  # 1,000 words and the four special tokens
+    metrics = result["metrics"]
+    # Perplexity is exp(-LL per predicted token), the tokens being the words and one </s> each.
+    sets = experiments.load_data(spec)
+    tokens = int((sets["test"][:, 1:] != 0).sum())
+    assert result["test_tokens"] == tokens == sets["test_tokens"]
+    assert tokens == sum(len(row) for row in _words(sets["test"])) + 10
+    ll = metrics["log_likelihood"]
+    assert metrics["perplexity"] == pytest.approx(math.exp(-ll * 10 / tokens))
+    assert metrics["perplexity"] > 1
+    # The stored checkpoint reloads to the same model: the same log-likelihood given the same z.
+    model = experiments.load_model(spec, tmp_path)
+    z = torch.zeros(10, 3)
+    again = experiments.load_model(spec, tmp_path)
+    assert torch.equal(model.log_likelihood(sets["test"], z), again.log_likelihood(sets["test"], z))
+    from lidvae_nb.data import Vocabulary
+    from lidvae_nb.models import LIDSVAE
+
+    assert isinstance(model, LIDSVAE)
+    assert len(Vocabulary.load(tmp_path / spec.run_id / "vocab.json")) == 1004
+
+
+def _words(x):
+    return [[t for t in row.tolist() if t > 2] for row in x]
+
+
+def test_yahoo_runs_use_the_short_training_documents_and_a_training_only_vocabulary(tmp_path):
+    _write_yahoo(tmp_path)
+    spec = RunSpec.from_dict(
+        {**TEXT, "dataset": "yahoo", "method": "vae", "max_len": 10, "vocab_size": 12}
+    )
+    sets = experiments.load_data(spec, data_root=tmp_path)
+    assert [len(sets[k]) for k in ("train", "val", "test")] == [24, 8, 10]
+    assert len(sets["vocab"]) == 16  # 12 words and the four special tokens
+    for name in ("train", "val", "test"):
+        assert sets[name].shape[1] <= 12  # <s>, at most 10 words, </s>
+    # The vocabulary is the training documents' most frequent words: each of them occurs there,
+    # and the rest of the words become <unk> (3).
+    train_words = {w for row in _words(sets["train"]) for w in row}
+    assert train_words == set(range(3, 16))
+    assert (sets["test"] == 3).any()
+    # Every draw is fixed by data_seed; the seed of the run does not change the data.
+    same = experiments.load_data(spec.replace(seed=3), data_root=tmp_path)
+    assert all(torch.equal(sets[k], same[k]) for k in ("train", "val", "test"))
+    other = experiments.load_data(spec.replace(data_seed=1), data_root=tmp_path)
+    assert not torch.equal(sets["train"], other["train"])
+    result = run_one(spec, tmp_path / "out", data_root=tmp_path)
+    assert result["error"] is None and math.isfinite(result["metrics"]["perplexity"])
+    with pytest.raises(ValueError, match="fewer than n_train"):
+        experiments.load_data(spec.replace(n_train=59), data_root=tmp_path)
+
+
+def test_a_result_stored_before_the_text_fields_existed_is_still_reused(root, tmp_path):
+    spec = tiny()
+    result = run_one(spec, tmp_path, data_root=root)
+    path = tmp_path / f"{spec.run_id}.json"
+    old = json.loads(path.read_text())
+    for key in ("embed_dim", "lstm_hidden", "lstm_layers", "vocab_size", "max_len"):
+        del old["spec"][key]
+    path.write_text(json.dumps(old))
+    assert run_one(spec, tmp_path, data_root=root)["metrics"] == result["metrics"]
