@@ -402,7 +402,8 @@ def load_text(spec: RunSpec, data_root=None) -> dict:
     ``synthetic_text``: ``n_train + n_val + n_test`` sentences (``n_test`` 0: 10,000) drawn with
     seed ``data_seed`` from the true model of :func:`lidvae_nb.data.synthetic_text`
     (``vocab_size`` words, 0: 1,000; at most ``max_len`` words, 0: 30), in that order; the
-    vocabulary is the generator's. ``true_model`` is that model.
+    vocabulary is the generator's. ``true_model`` is that model and ``test_latents`` the
+    latents that generated the test sentences.
 
     ``yahoo``: the documents of at most ``max_len`` tokens (0: all). The validation split stands
     in for the training data (the training split is not available offline): ``n_val`` of its
@@ -414,7 +415,7 @@ def load_text(spec: RunSpec, data_root=None) -> dict:
     if spec.dataset == "synthetic_text":
         n_test = spec.n_test or SYNTHETIC_TEST_DOCS
         max_len = spec.max_len or 30
-        x, _, true_model = _data.synthetic_text(
+        x, z, true_model = _data.synthetic_text(
             spec.n_train + spec.n_val + n_test,
             seed=spec.data_seed,
             vocab_size=spec.vocab_size or 1000,
@@ -425,7 +426,7 @@ def load_text(spec: RunSpec, data_root=None) -> dict:
         train = x[: spec.n_train]
         val = x[spec.n_train : spec.n_train + spec.n_val] if spec.n_val else None
         test = x[spec.n_train + spec.n_val :]
-        extra = {"true_model": true_model}
+        extra = {"true_model": true_model, "test_latents": z[spec.n_train + spec.n_val :]}
     else:
         max_len = spec.max_len or None
         docs = _data.yahoo("val", root=data_root, max_len=max_len, verify=spec.verify)
@@ -464,6 +465,110 @@ def load_text(spec: RunSpec, data_root=None) -> dict:
         "test_tokens": int((test[:, 1:] != _data.Vocabulary.PAD).sum()),
         **extra,
     }
+
+
+def true_model_report(
+    spec: RunSpec,
+    steps: int = 3000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    n_pairs: int = 50_000,
+    iwae_samples: int | None = None,
+    n_checks: int = 3,
+    progress: bool = False,
+) -> dict:
+    """The collapse metrics of the model that generated a ``synthetic_text`` run's corpus,
+    on the run's test sentences: what a model that fits the data exactly would score.
+
+    The true decoder is known, its encoder is not. It is fitted here by the sleep phase of
+    wake-sleep: ``n_pairs`` pairs z ~ p(z), x ~ p(x | z) are drawn from the true model (seeded
+    by the run's ``seed``), and log q(z | x) is maximised over them for ``steps`` Adam steps of
+    ``batch_size`` pairs, the decoder fixed. That minimises KL(p(z | x) || q(z | x)) on average,
+    so q covers the true posterior rather than fitting inside it: a good proposal for the
+    importance-sampled log-likelihood (``iwae_samples``, default the run's), which is still a
+    lower bound. The bound is evaluated ``n_checks`` times along the way, evenly spaced, so its
+    convergence can be judged.
+
+    Returns :func:`lidvae_nb.metrics.collapse_report` with ``perplexity``, plus
+    ``encoder_steps``, ``final_nll`` (the last 50 steps' mean -log q(z | x)),
+    ``log_p_x_given_true_z`` (the test sentences' mean log p(x | z) at the latents that drew
+    them), ``checks`` (``{"steps", "log_likelihood"}`` along the way) and ``seconds``.
+    """
+    from tqdm import tqdm
+
+    if not isinstance(spec, RunSpec):
+        spec = RunSpec.from_dict(dict(spec))
+    if spec.dataset != "synthetic_text":
+        raise ValueError(
+            f"only the synthetic corpus has a known true model, got dataset {spec.dataset!r}"
+        )
+    steps = check_count("steps", steps)
+    batch_size = check_count("batch_size", batch_size)
+    n_pairs = check_count("n_pairs", n_pairs)
+    n_checks = check_count("n_checks", n_checks)
+    lr = check_positive("lr", lr)
+    iwae_samples = spec.iwae_samples if iwae_samples is None else iwae_samples
+    iwae_samples = check_count("iwae_samples", iwae_samples)
+    start = time.perf_counter()
+    sets = load_text(spec)
+    model, test = sets["true_model"], sets["test"]
+    for param in model.parameters():
+        param.requires_grad_(False)
+    encoder = model.encoder
+    for param in encoder.parameters():
+        param.requires_grad_(True)
+    gen = torch.Generator().manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    # The pairs, drawn in chunks (sampling is word by word, so large batches pay off).
+    zs, xs = [], []
+    with torch.no_grad():
+        for lo in range(0, n_pairs, 1000):
+            z = model.prior().sample((min(1000, n_pairs - lo),))
+            zs.append(z)
+            xs.append(model.sample(z, generator=gen))
+    width = max(x.shape[1] for x in xs)
+    x_all = torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in xs])
+    z_all = torch.cat(zs)
+
+    def bound() -> float:
+        model.eval()
+        with torch.no_grad():
+            from lidvae_nb.metrics import iwae_log_likelihood
+
+            return float(iwae_log_likelihood(model, test, n_samples=iwae_samples).mean())
+
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=lr)
+    check_at = {round(steps * (k + 1) / n_checks) for k in range(n_checks)}
+    losses, checks = [], []
+    for step in tqdm(range(1, steps + 1), desc="true model's encoder", disable=not progress):
+        model.train()
+        idx = torch.randint(0, n_pairs, (min(batch_size, n_pairs),), generator=gen)
+        loss = -model.encode(x_all[idx]).log_prob(z_all[idx]).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the encoder's loss is {loss.item()} at step {step}")
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if step in check_at and step != steps:
+            checks.append({"steps": step, "log_likelihood": bound()})
+    model.eval()
+    with torch.no_grad():
+        report = collapse_report(model, test, iwae_samples=iwae_samples)
+        report["log_p_x_given_true_z"] = float(
+            model.log_likelihood(test, sets["test_latents"]).mean()
+        )
+    checks.append({"steps": steps, "log_likelihood": report["log_likelihood"]})
+    per_token = report["log_likelihood"] * len(test) / sets["test_tokens"]
+    report["perplexity"] = math.exp(-per_token)
+    tail = losses[-50:]
+    report.update(
+        encoder_steps=steps,
+        final_nll=sum(tail) / len(tail),
+        checks=checks,
+        seconds=time.perf_counter() - start,
+    )
+    return report
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -820,6 +925,15 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--label-samples", type=int, default=50, help="importance samples per image and cluster"
     )
+    parser.add_argument(
+        "--true-model",
+        metavar="FILE",
+        default=None,
+        help="then write the true model's metrics on the grid's synthetic_text test set to this "
+        "JSON file (true_model_report)",
+    )
+    parser.add_argument("--true-steps", type=int, default=3000, help="encoder steps for that")
+    parser.add_argument("--true-pairs", type=int, default=50_000, help="pairs drawn for that")
     args = parser.parse_args(argv)
     specs = load_grid(args.grid)
     start = time.perf_counter()
@@ -848,6 +962,23 @@ def main(argv=None) -> None:
         }
         _write_json(Path(args.label_posteriors), record)
         print(f"label posteriors of {len(entries)} runs in {args.label_posteriors}")
+    if args.true_model:
+        synthetic = [s for s in specs if s.dataset == "synthetic_text"]
+        if not synthetic:
+            raise SystemExit(f"--true-model: the grid {args.grid} has no synthetic_text run")
+        spec = synthetic[0].replace(seed=0)
+        settings = {"steps": args.true_steps, "n_pairs": args.true_pairs, "batch_size": 64}
+        begin = time.perf_counter()
+        report = true_model_report(spec, **settings, progress=True)
+        record = {
+            "spec": spec.to_dict(),
+            "metrics": report,
+            "provenance": provenance(
+                {**settings, "grid": str(args.grid)}, time.perf_counter() - begin
+            ),
+        }
+        _write_json(Path(args.true_model), record)
+        print(f"true model's metrics in {args.true_model}")
 
 
 if __name__ == "__main__":

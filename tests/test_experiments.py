@@ -438,3 +438,53 @@ def test_a_result_stored_before_the_text_fields_existed_is_still_reused(root, tm
         del old["spec"][key]
     path.write_text(json.dumps(old))
     assert run_one(spec, tmp_path, data_root=root)["metrics"] == result["metrics"]
+
+
+def test_the_true_models_encoder_is_fitted_to_fresh_draws_of_the_true_model():
+    spec = RunSpec.from_dict({**TEXT, "dataset": "synthetic_text", "max_len": 12})
+    untrained = experiments.true_model_report(spec, steps=1, batch_size=16, n_pairs=500)
+    fitted = experiments.true_model_report(spec, steps=60, batch_size=16, n_pairs=500)
+    assert [c["steps"] for c in fitted["checks"]] == [20, 40, 60]
+    assert fitted["checks"][-1]["log_likelihood"] == fitted["log_likelihood"]
+    # Sleep-phase fitting raises log q(z | x) at the latents that drew x.
+    assert fitted["final_nll"] < untrained["final_nll"] - 1.0
+    # The true latents explain the test sentences far better than a typical latent: the corpus
+    # depends on z, so a model that ignored z could not reach the true model's likelihood.
+    assert fitted["log_p_x_given_true_z"] > fitted["log_likelihood"]
+    assert fitted["log_p_x_given_true_z"] == untrained["log_p_x_given_true_z"]
+    assert math.isfinite(fitted["perplexity"]) and fitted["encoder_steps"] == 60
+    with pytest.raises(ValueError, match="only the synthetic corpus"):
+        experiments.true_model_report(spec.replace(dataset="yahoo"))
+
+
+def test_the_command_line_writes_the_true_models_report(tmp_path):
+    grid = tmp_path / "grid.toml"
+    settings = {**{k: v for k, v in TEXT.items() if k != "depth"}, "max_len": 12}
+    lines = [
+        f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
+        for k, v in settings.items()
+    ]
+    grid.write_text(
+        'datasets = ["synthetic_text"]\nmethods = ["vae"]\ndepths = [1]\nseeds = [1]\n'
+        + "\n".join(lines)
+        + "\n"
+    )
+    out = tmp_path / "true.json"
+    experiments.main(
+        [
+            str(grid),
+            "--out",
+            str(tmp_path / "runs"),
+            "--true-model",
+            str(out),
+            "--true-steps",
+            "4",
+            "--true-pairs",
+            "50",
+        ]
+    )
+    record = json.loads(out.read_text())
+    assert record["spec"]["seed"] == 0 and record["spec"]["dataset"] == "synthetic_text"
+    assert record["metrics"]["encoder_steps"] == 4
+    assert record["provenance"]["config"]["n_pairs"] == 50
+    assert (tmp_path / "runs" / "synthetic_text-vae-d1-s1.json").exists()
