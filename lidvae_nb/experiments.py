@@ -895,8 +895,9 @@ def summarize(
 
 
 def throughput(result: dict) -> float:
-    """Training images per second of one stored run: training images seen over the seconds its
-    epochs took (the per-epoch ``seconds`` of the history, which leave out validation)."""
+    """Training images (documents, for text) per second of one stored run: those seen over the
+    seconds its epochs took (the per-epoch ``seconds`` of the history, which leave out
+    validation)."""
     history = result["history"]
     seconds = sum(h["seconds"] for h in history)
     if not history or seconds <= 0:
