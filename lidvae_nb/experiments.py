@@ -47,7 +47,7 @@ import torch
 
 from lidvae_nb import data as _data
 from lidvae_nb._checks import check_count, check_positive
-from lidvae_nb.metrics import collapse_report
+from lidvae_nb.metrics import collapse_report, iwae_log_likelihood
 from lidvae_nb.models import ModelConfig, build_model
 from lidvae_nb.report import provenance
 from lidvae_nb.trainer import TrainConfig, Trainer
@@ -412,26 +412,31 @@ def load_text(spec: RunSpec, data_root=None) -> dict:
     on the training documents alone (the ``vocab_size`` most frequent words, 0: all of them); any
     other word becomes ``<unk>``.
     """
+    if not spec.is_text:
+        raise ValueError(
+            f"load_text reads the text data sets {TEXT_DATASETS}, got dataset {spec.dataset!r}"
+        )
     if spec.dataset == "synthetic_text":
         n_test = spec.n_test or SYNTHETIC_TEST_DOCS
         max_len = spec.max_len or 30
+        words = spec.vocab_size or 1000
         x, z, true_model = _data.synthetic_text(
             spec.n_train + spec.n_val + n_test,
             seed=spec.data_seed,
-            vocab_size=spec.vocab_size or 1000,
+            vocab_size=words,
             min_len=min(10, max_len),
             max_len=max_len,
         )
-        vocab = _data.Vocabulary.numbered(spec.vocab_size or 1000)
+        vocab = _data.Vocabulary.numbered(words)
         train = x[: spec.n_train]
         val = x[spec.n_train : spec.n_train + spec.n_val] if spec.n_val else None
         test = x[spec.n_train + spec.n_val :]
         extra = {"true_model": true_model, "test_latents": z[spec.n_train + spec.n_val :]}
     else:
         max_len = spec.max_len or None
+        limit = f" of at most {spec.max_len} tokens" if spec.max_len else ""
         docs = _data.yahoo("val", root=data_root, max_len=max_len, verify=spec.verify)
         if spec.n_val + spec.n_train > len(docs):
-            limit = f" of at most {spec.max_len} tokens" if spec.max_len else ""
             raise ValueError(
                 f"yahoo's validation split has {len(docs)} documents{limit}, fewer than "
                 f"n_train + n_val = {spec.n_train} + {spec.n_val}"
@@ -443,9 +448,8 @@ def load_text(spec: RunSpec, data_root=None) -> dict:
         test_docs = _data.yahoo("test", root=data_root, max_len=max_len, verify=spec.verify)
         if spec.n_test > len(test_docs):
             raise ValueError(
-                f"yahoo's test split has {len(test_docs)} documents"
-                + (f" of at most {spec.max_len} tokens" if spec.max_len else "")
-                + f", fewer than n_test = {spec.n_test}"
+                f"yahoo's test split has {len(test_docs)} documents{limit}, fewer than "
+                f"n_test = {spec.n_test}"
             )
         if spec.n_test:
             pick = torch.randperm(len(test_docs), generator=_generator(spec.data_seed + 1))
@@ -533,15 +537,15 @@ def true_model_report(
     def bound() -> float:
         model.eval()
         with torch.no_grad():
-            from lidvae_nb.metrics import iwae_log_likelihood
-
-            return float(iwae_log_likelihood(model, test, n_samples=iwae_samples).mean())
+            value = float(iwae_log_likelihood(model, test, n_samples=iwae_samples).mean())
+        model.train()
+        return value
 
     optimiser = torch.optim.Adam(encoder.parameters(), lr=lr)
     check_at = {round(steps * (k + 1) / n_checks) for k in range(n_checks)}
     losses, checks = [], []
+    model.train()
     for step in tqdm(range(1, steps + 1), desc="true model's encoder", disable=not progress):
-        model.train()
         idx = torch.randint(0, n_pairs, (min(batch_size, n_pairs),), generator=gen)
         loss = -model.encode(x_all[idx]).log_prob(z_all[idx]).mean()
         if not torch.isfinite(loss):
@@ -559,8 +563,7 @@ def true_model_report(
             model.log_likelihood(test, sets["test_latents"]).mean()
         )
     checks.append({"steps": steps, "log_likelihood": report["log_likelihood"]})
-    per_token = report["log_likelihood"] * len(test) / sets["test_tokens"]
-    report["perplexity"] = math.exp(-per_token)
+    report["perplexity"] = _perplexity(report["log_likelihood"], len(test), sets["test_tokens"])
     tail = losses[-50:]
     report.update(
         encoder_steps=steps,
@@ -569,6 +572,11 @@ def true_model_report(
         seconds=time.perf_counter() - start,
     )
     return report
+
+
+def _perplexity(log_likelihood: float, n_docs: int, tokens: int) -> float:
+    """exp(-log-likelihood per predicted token), from the mean log-likelihood per document."""
+    return math.exp(-log_likelihood * n_docs / tokens)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -675,8 +683,9 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
             labels=None if labels is None else labels.numpy(),
         )
         if spec.is_text and "log_likelihood" in metrics:
-            per_token = metrics["log_likelihood"] * len(sets["test"]) / sets["test_tokens"]
-            metrics["perplexity"] = math.exp(-per_token)
+            metrics["perplexity"] = _perplexity(
+                metrics["log_likelihood"], len(sets["test"]), sets["test_tokens"]
+            )
     prov = provenance(spec_dict, time.perf_counter() - start)
     prov["epochs"] = trainer.epoch
     record = {

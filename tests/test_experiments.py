@@ -427,6 +427,8 @@ def test_yahoo_runs_use_the_short_training_documents_and_a_training_only_vocabul
     assert result["error"] is None and math.isfinite(result["metrics"]["perplexity"])
     with pytest.raises(ValueError, match="fewer than n_train"):
         experiments.load_data(spec.replace(n_train=59), data_root=tmp_path)
+    with pytest.raises(ValueError, match="'mnist'"):
+        experiments.load_text(spec.replace(dataset="mnist"), data_root=tmp_path)
 
 
 def test_a_result_stored_before_the_text_fields_existed_is_still_reused(root, tmp_path):
