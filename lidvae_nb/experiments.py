@@ -47,7 +47,7 @@ import torch
 
 from lidvae_nb import data as _data
 from lidvae_nb._checks import check_count, check_positive
-from lidvae_nb.metrics import collapse_report, iwae_log_likelihood
+from lidvae_nb.metrics import collapse_report, iwae_log_likelihood, learning_curve_point
 from lidvae_nb.models import ModelConfig, build_model
 from lidvae_nb.report import provenance
 from lidvae_nb.trainer import TrainConfig, Trainer
@@ -76,6 +76,38 @@ TEXT_MODEL = {"vae": "svae", "lidvae": "lidsvae"}
 IMAGE_DIM = 784
 #: The grid file's lists and the :class:`RunSpec` field each one sets.
 GRID_LISTS = {"datasets": "dataset", "methods": "method", "depths": "depth", "seeds": "seed"}
+#: The original LIDVAE code's image configuration (its published Fashion-MNIST run) as run
+#: settings: a learned dense beta, projected non-negative ICNN weights, no quadratic term beyond a
+#: small floor that keeps the maps injective, the data-space ICNN's one layer as wide as the data,
+#: a 2-layer shift-only RealNVP (hidden 128) on q(z | x, y), learned prior means starting near 0
+#: (Keras' Glorot initialisation of a dense layer of the one-hot label: sd about 0.16), depth 1,
+#: TensorFlow 1's RMSProp (decay 0.9, momentum 0.5, epsilon 1e-10, average starting at 1) on the
+#: batch's summed loss, clipped at norm 5, 20,000 training images.
+REFERENCE_SETTINGS = {
+    "depth": 1,
+    "n_train": 20_000,
+    "batch_size": 100,
+    "latent_dim": 64,
+    "hidden": 512,
+    "n_clusters": 10,
+    "lift": "learned",
+    "icnn_weights": "projected",
+    "icnn_alpha": 1e-3,
+    "icnn_quadratic_init": 1e-3,
+    "data_width": IMAGE_DIM,
+    "flow_layers": 2,
+    "flow_hidden": 128,
+    "flow_shift_only": True,
+    "prior_mean_scale": 0.16,
+    "optimizer": "rmsprop",
+    "lr": 1e-3,
+    "momentum": 0.5,
+    "rmsprop_alpha": 0.9,
+    "rmsprop_eps": 1e-10,
+    "rmsprop_init": 1.0,
+    "reduction": "sum",
+    "grad_clip": 5.0,
+}
 #: Spec fields that do not change a run's result (a stored result is reused whatever they are).
 _NOT_RESULT_FIELDS = ("verify",)
 #: Spec fields that may grow between an interrupted run and its continuation.
@@ -113,6 +145,20 @@ class RunSpec:
     image settings; a text grid sets at least ``batch_size`` and ``latent_dim``. The image runs
     ignore the text fields.
 
+    The injective decoder's parts (``lift``, ``icnn_weights``, ``icnn_alpha``,
+    ``icnn_quadratic_init``, ``data_width``), the posterior flow (``flow_layers``, ``flow_hidden``,
+    ``flow_shift_only``) and the mixture prior (``prior_mean_scale``) are the fields of
+    :class:`lidvae_nb.models.ModelConfig` of the same names; the optimiser's (``momentum``,
+    ``rmsprop_alpha``, ``rmsprop_eps``, ``rmsprop_init``, ``reduction``) those of
+    :class:`lidvae_nb.trainer.TrainConfig`. :data:`REFERENCE_SETTINGS` holds the original LIDVAE
+    code's image configuration in these terms.
+
+    ``monitor_images`` > 0 evaluates the model before training and after every epoch on that many
+    of the test images (the first of the run's test draw) with
+    :func:`lidvae_nb.metrics.learning_curve_point` (``monitor_bound_samples`` draws for the
+    original code's estimator, ``monitor_iwae_samples`` for the per-image IWAE), into the
+    history as ``test_elbo``, ``test_ref_bound``, ``test_iwae``, ``test_acc_majority``, ...
+
     Dict-like: ``spec["method"]``, ``dict(spec)``, ``to_dict()``, ``from_dict(d)``.
     """
 
@@ -133,7 +179,23 @@ class RunSpec:
     encoder_depth: int = 2
     n_clusters: int = 10
     flow_layers: int = 0
+    flow_hidden: int = 0
+    flow_shift_only: bool = False
     fixed_prior_means: bool = False
+    prior_mean_scale: float = 2.0
+    lift: str = "zero_one"
+    icnn_weights: str = "softplus"
+    icnn_alpha: float = 0.1
+    icnn_quadratic_init: float = 1.0
+    data_width: int = 0
+    momentum: float = 0.0
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 1e-8
+    rmsprop_init: float = 0.0
+    reduction: str = "mean"
+    monitor_images: int = 0
+    monitor_bound_samples: int = 10
+    monitor_iwae_samples: int = 50
     iwae_samples: int = 500
     embed_dim: int = 128
     lstm_hidden: int = 256
@@ -171,6 +233,7 @@ class RunSpec:
             "n_clusters",
             "savae_steps",
             "lagging_max_inner",
+            "monitor_bound_samples",
             "embed_dim",
             "lstm_hidden",
             "lstm_layers",
@@ -185,6 +248,8 @@ class RunSpec:
             "iwae_samples",
             "vocab_size",
             "max_len",
+            "monitor_images",
+            "monitor_iwae_samples",
         ):
             setattr(self, name, check_count(name, getattr(self, name), minimum=0))
         for name in ("lr", "grad_clip", "beta", "savae_lr"):
@@ -195,9 +260,12 @@ class RunSpec:
             raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {self.optimizer!r}")
         if not isinstance(self.tag, str) or not _TAG.fullmatch(self.tag):
             raise ValueError(f"tag may hold only letters, digits, '_' and '.', got {self.tag!r}")
-        for name in ("verify", "fixed_prior_means"):
+        for name in ("verify", "fixed_prior_means", "flow_shift_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        # The model's and the trainer's own checks name any other bad setting.
+        self.model_config(1000 if self.is_text else None)
+        self.train_config()
         if self.method == "savae" and self.flow_layers > 0:
             raise ValueError(
                 f"method 'savae' refines a Gaussian q(z | x) and needs flow_layers=0, got "
@@ -277,7 +345,15 @@ class RunSpec:
             likelihood="bernoulli",
             n_clusters=self.n_clusters,
             flow_layers=self.flow_layers,
+            flow_hidden=self.flow_hidden,
+            flow_shift_only=self.flow_shift_only,
             fixed_prior_means=self.fixed_prior_means,
+            prior_mean_scale=self.prior_mean_scale,
+            lift=self.lift,
+            icnn_weights=self.icnn_weights,
+            icnn_alpha=self.icnn_alpha,
+            icnn_quadratic_init=self.icnn_quadratic_init,
+            data_width=self.data_width,
             embed_dim=self.embed_dim,
             lstm_hidden=self.lstm_hidden,
             lstm_layers=self.lstm_layers,
@@ -289,6 +365,11 @@ class RunSpec:
             batch_size=self.batch_size,
             lr=self.lr,
             optimizer=self.optimizer,
+            momentum=self.momentum,
+            rmsprop_alpha=self.rmsprop_alpha,
+            rmsprop_eps=self.rmsprop_eps,
+            rmsprop_init=self.rmsprop_init,
+            reduction=self.reduction,
             grad_clip=self.grad_clip,
             scheme=self.scheme,
             beta=self.beta,
@@ -308,8 +389,29 @@ class RunSpec:
 def expand_grid(grid: dict) -> list[RunSpec]:
     """The runs of a grid given as a dict (the contents of a grid file): the cartesian product of
     the lists ``datasets``, ``methods``, ``depths`` and ``seeds`` (in that order), every other
-    key a setting shared by all runs."""
+    key a setting shared by all runs.
+
+    An optional table ``variants`` (``[variants.NAME]`` in TOML) crosses the product once more
+    with named sets of changed settings: each variant's runs take its settings over the shared
+    ones and its name as their ``tag`` (an ablation is one grid file)."""
     grid = dict(grid)
+    variants = grid.pop("variants", None)
+    if variants is not None:
+        if not isinstance(variants, dict) or not variants:
+            raise ValueError(f"grid key 'variants' must be a non-empty table, got {variants!r}")
+        specs = []
+        for name, changes in variants.items():
+            if not isinstance(changes, dict) or "tag" in changes:
+                raise ValueError(
+                    f"variant {name!r} must be a table of settings other than 'tag' (its name is "
+                    f"the tag), got {changes!r}"
+                )
+            try:
+                specs += expand_grid({**grid, **changes, "tag": name})
+            except ValueError as err:
+                raise ValueError(f"variant {name!r}: {err}") from err
+        _check_unique(specs)
+        return specs
     missing = [key for key in GRID_LISTS if key not in grid]
     if missing:
         raise ValueError(f"the grid lacks the list(s) {missing}; it needs {list(GRID_LISTS)}")
@@ -670,8 +772,11 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
         )
     val = sets["val"]
     error, metrics = None, {}
+    monitor = None
+    if spec.monitor_images:
+        monitor = _monitor(spec, sets, trainer.device)
     try:
-        trainer.fit(sets["train"], None if val is None else val.to(trainer.device))
+        trainer.fit(sets["train"], None if val is None else val.to(trainer.device), monitor)
     except FloatingPointError as err:  # the trainer's stop on a non-finite loss
         error = str(err)
     if error is None:
@@ -711,6 +816,30 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
 
 
 # --- grids of runs ------------------------------------------------------------------------------
+
+
+def _monitor(spec: RunSpec, sets: dict, device):
+    """The per-epoch evaluation of ``monitor_images`` test images (see :class:`RunSpec`)."""
+    n = spec.monitor_images
+    if n > len(sets["test"]):
+        raise ValueError(
+            f"monitor_images = {n} is more than the run's {len(sets['test'])} test images"
+        )
+    x = sets["test"][:n].to(device)
+    labels = sets["test_labels"]
+    labels = None if labels is None else labels[:n].numpy()
+
+    def monitor(model) -> dict:
+        point = learning_curve_point(
+            model,
+            x,
+            labels,
+            bound_samples=spec.monitor_bound_samples,
+            iwae_samples=spec.monitor_iwae_samples,
+        )
+        return {f"test_{k}": v for k, v in point.items()}
+
+    return monitor
 
 
 def _run_job(spec: RunSpec, out_dir: str, data_root, device, threads: int | None) -> dict:

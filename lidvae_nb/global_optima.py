@@ -429,7 +429,7 @@ class LinearGaussianVAE(StandardNormalVAE):
         else:
             z = q.rsample((self.n_samples,))
             rec = -self.log_likelihood(x, z).mean(0)
-        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl_term": kl.detach()}
 
     @torch.no_grad()
     def closed_form(self) -> tuple[LinearGaussian, MeanField]:

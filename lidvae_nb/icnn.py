@@ -6,10 +6,18 @@
   reverse pass through the non-negative weights), with an autograd reference and an inverse
   through the convex conjugate.
 - :class:`ZeroOneLift`: the fixed zero-one matrix ``beta`` (K x D) with ``z -> beta^T z`` injective.
+- :class:`LearnedLift`: a learned dense map ``z -> W z + b`` (D x K), kept full rank by clipping
+  its singular values to ``[s_min, s_max]`` after every optimiser step
+  (:meth:`LearnedLift.project_`).
 - :class:`InjectiveDecoder`: the LIDVAE decoder mean ``z -> g2(beta^T g1(z))`` and its inverse.
 
-Non-negative weights are ``softplus(raw) / fan_in``: a gradient everywhere, unlike the clamp of the
-original code, which froze every weight initialised below the clamp value.
+Non-negative weights come in two parametrisations (``ICNN(weights=...)``): ``"softplus"``,
+``softplus(raw) / fan_in``, with a gradient everywhere; and ``"projected"``, the raw weight
+itself, clamped at 0 in the forward pass and projected back onto ``W >= 0`` after every optimiser
+step (projected gradient, as Amos et al.'s ICNNs and the Keras ``NonNeg`` constraint of the
+original TensorFlow code). Both avoid the defect of the original PyTorch code, whose clamp at
+0.01 froze every weight initialised below it. Modules with constraints expose ``project_()``;
+the trainer calls :func:`project_constraints` after each step.
 """
 
 from __future__ import annotations
@@ -24,9 +32,16 @@ __all__ = [
     "ICNN",
     "BrenierMap",
     "ZeroOneLift",
+    "LearnedLift",
     "InjectiveDecoder",
     "InverseNotConverged",
+    "project_constraints",
 ]
+
+#: Parametrisations of the non-negative ICNN weights (see :class:`ICNN`).
+WEIGHTS = ("softplus", "projected")
+#: The lifts ``beta`` between the two Brenier maps (see :class:`InjectiveDecoder`).
+LIFTS = ("zero_one", "learned")
 
 
 class InverseNotConverged(RuntimeError):
@@ -83,9 +98,19 @@ class ICNN(nn.Module):
     (when ``alpha < 1``), so that the gradient map starts close to the identity and can still
     contract down to slope ``alpha`` during training.
 
-    ``depth`` is the number of hidden layers (``width`` units each). Input (B, dim), output (B,).
-    Only the first layer has a bias: the map ``grad phi`` would see biases of later layers only
-    through where their kinks fall, so they would get no gradient and never train.
+    ``depth`` is the number of hidden layers (``width`` units each; the first has ``first_width``
+    units, by default ``width``). Input (B, dim), output (B,). Only the first layer has a bias: the
+    map ``grad phi`` would see biases of later layers only through where their kinks fall, so they
+    would get no gradient and never train.
+
+    ``weights`` is the parametrisation of the non-negative weights: ``"softplus"`` (the default),
+    ``W = softplus(raw) / fan_in`` with ``raw ~ U(-1, 1)``; or ``"projected"``, ``W = max(raw, 0)``
+    with ``raw`` drawn as a Glorot-uniform matrix clipped at 0 and projected onto ``raw >= 0`` by
+    :meth:`project_` after every optimiser step. Under scale-free optimisers (Adam, RMSprop) a
+    parameter moves by about the learning rate per step whatever its scale, so the ``1 / fan_in``
+    of the softplus form makes its weights learn ``fan_in`` times more slowly in absolute terms.
+    ``quadratic_init`` is the starting value of the quadratic coefficient ``alpha + softplus(q)``
+    (at least ``alpha``; 1 by default, so that the map starts near the identity).
     """
 
     def __init__(
@@ -95,32 +120,63 @@ class ICNN(nn.Module):
         depth: int = 2,
         slope: float = 0.2,
         alpha: float = 0.1,
+        weights: str = "softplus",
+        first_width: int | None = None,
+        quadratic_init: float = 1.0,
     ):
         super().__init__()
         self.dim = _check_int("dim", dim)
         self.width = _check_int("width", width)
+        self.first_width = (
+            self.width if first_width is None else _check_int("first_width", first_width)
+        )
         self.depth = _check_int("depth", depth)
         self.slope = _check_slope(slope)
         self.alpha = _check_alpha(alpha)
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+        self.weights = weights
+        if not (math.isfinite(float(quadratic_init)) and float(quadratic_init) >= self.alpha):
+            raise ValueError(
+                f"quadratic_init must be a finite number >= alpha = {self.alpha}, got "
+                f"{quadratic_init!r}"
+            )
+        # Layer sizes: hidden layer l has widths[l] units (l = 0 .. depth - 1).
+        widths = [self.first_width] + [self.width] * (depth - 1)
+        self.widths = widths
         # u -> hidden layer l (A_l; b_0 for l = 0 only), l = 0 .. depth - 1, and u -> output (a).
         self.input_layers = nn.ModuleList(
-            [nn.Linear(dim, width)] + [nn.Linear(dim, width, bias=False) for _ in range(depth - 1)]
+            [nn.Linear(dim, widths[0])] + [nn.Linear(dim, w, bias=False) for w in widths[1:]]
         )
         self.input_out = nn.Linear(dim, 1, bias=False)
         # Raw parameters of the non-negative weights: hidden-to-hidden W_l (l = 1 .. depth - 1),
-        # then the output weight w (1 x width). W = softplus(raw) / width.
-        self.raw_weights = nn.ParameterList(
-            [nn.Parameter(torch.empty(width, width)) for _ in range(depth - 1)]
-            + [nn.Parameter(torch.empty(1, width))]
-        )
-        self.raw_quadratic = nn.Parameter(torch.tensor(_inverse_softplus(max(1.0 - alpha, 1e-3))))
+        # then the output weight w (1 x widths[-1]).
+        shapes = [(widths[i], widths[i - 1]) for i in range(1, depth)] + [(1, widths[-1])]
+        self.raw_weights = nn.ParameterList([nn.Parameter(torch.empty(*sh)) for sh in shapes])
+        start = max(float(quadratic_init) - self.alpha, 1e-3)
+        self.raw_quadratic = nn.Parameter(torch.tensor(_inverse_softplus(start)))
         for raw in self.raw_weights:
-            nn.init.uniform_(raw, -1.0, 1.0)
+            if weights == "softplus":
+                nn.init.uniform_(raw, -1.0, 1.0)
+            else:
+                nn.init.xavier_uniform_(raw)
+                with torch.no_grad():
+                    raw.clamp_(min=0.0)
 
     # ------------------------------------------------------------------------------ pieces
     def positive_weights(self) -> list[torch.Tensor]:
-        """Non-negative weights ``[W_1, ..., W_{depth-1}, w]``, each ``softplus(raw) / width``."""
-        return [F.softplus(raw) / self.width for raw in self.raw_weights]
+        """Non-negative weights ``[W_1, ..., W_{depth-1}, w]``: ``softplus(raw) / fan_in``, or
+        ``max(raw, 0)`` under the projected parametrisation."""
+        if self.weights == "projected":
+            return [raw.clamp(min=0.0) for raw in self.raw_weights]
+        return [F.softplus(raw) / raw.shape[1] for raw in self.raw_weights]
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project the raw weights onto ``raw >= 0`` (projected parametrisation; else nothing)."""
+        if self.weights == "projected":
+            for raw in self.raw_weights:
+                raw.clamp_(min=0.0)
 
     def quadratic_coefficient(self) -> torch.Tensor:
         """``alpha + softplus(q)``: the coefficient of ``|u|^2 / 2`` in ``phi`` (>= alpha)."""
@@ -208,7 +264,7 @@ class ICNN(nn.Module):
         with torch.no_grad():  # only the signs of the later pre-activations are needed
             later = [layer.weight for layer in self.input_layers[1:]] + [self.input_out.weight]
             inputs = F.linear(u, torch.cat(later if fold is None else [fold(A) for A in later]))
-            inputs = inputs.split(self.width, dim=1)  # A_1 u, ..., A_{depth-1} u, then a^T u
+            inputs = inputs.split(self.widths[1:] + [1], dim=1)  # A_1 u, ..., then a^T u
             h = r0.square()
             pre = []  # s_1 .. s_{depth-1}
             for W, Au in zip(weights[:-1], inputs[:-1], strict=True):
@@ -243,8 +299,8 @@ class ICNN(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, width={self.width}, depth={self.depth}, slope={self.slope}, "
-            f"alpha={self.alpha}"
+            f"dim={self.dim}, width={self.width}, first_width={self.first_width}, "
+            f"depth={self.depth}, slope={self.slope}, alpha={self.alpha}, weights={self.weights!r}"
         )
 
 
@@ -257,7 +313,8 @@ class BrenierMap(nn.Module):
 
     ``gradient`` chooses how :meth:`forward` computes the map: ``"closed_form"`` (default, a
     hand-written reverse pass) or ``"autograd"`` (double backward, as the original code; kept as
-    the reference and for the cost comparison of chapter 12).
+    the reference and for the cost comparison of chapter 12). Other keyword arguments
+    (``weights``, ``first_width``, ``quadratic_init``) go to :class:`ICNN`.
     """
 
     GRADIENTS = ("closed_form", "autograd")
@@ -270,9 +327,10 @@ class BrenierMap(nn.Module):
         slope: float = 0.2,
         alpha: float = 0.1,
         gradient: str = "closed_form",
+        **icnn,
     ):
         super().__init__()
-        self.potential_net = ICNN(dim, width, depth, slope, alpha)
+        self.potential_net = ICNN(dim, width, depth, slope, alpha, **icnn)
         self.gradient = gradient
 
     @property
@@ -538,12 +596,77 @@ class ZeroOneLift(nn.Module):
         return f"k={self.k}, d={self.d}"
 
 
+class LearnedLift(nn.Module):
+    """A learned injective affine map ``z -> W z + b`` from R^K to R^D (K <= D), the ``beta`` of
+    Wang et al.'s Definition 3 left free, as their Appendix allows any full-rank ``beta``.
+
+    ``W`` (D x K) and ``b`` (D,) are parameters (``nn.Linear``'s initialisation). Full column rank
+    is kept by :meth:`project_`, which the trainer calls after every optimiser step: it clips the
+    singular values of ``W`` to ``[s_min, s_max]`` (as the original TensorFlow code meant to; there
+    the clipped matrix was written into a temporary list and never reached the layer). Between two
+    projections ``W`` is whatever the last step made it, so :meth:`smallest_singular_value` lets a
+    caller check. Shapes (B, K) -> (B, D).
+    """
+
+    def __init__(self, k: int, d: int, s_min: float = 1e-5, s_max: float = 10.0):
+        super().__init__()
+        self.k = _check_int("k", k)
+        self.d = _check_int("d", d)
+        if k > d:
+            raise ValueError(f"k must be <= d for an injective lift, got k={k}, d={d}")
+        if not (0.0 < float(s_min) < float(s_max) and math.isfinite(float(s_max))):
+            raise ValueError(
+                f"need 0 < s_min < s_max < inf for the singular values, got s_min={s_min!r}, "
+                f"s_max={s_max!r}"
+            )
+        self.s_min, self.s_max = float(s_min), float(s_max)
+        self.linear = nn.Linear(k, d)
+        self.project_()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``W z + b`` row-wise: (B, K) -> (B, D)."""
+        _check_input("z", z, self.k)
+        return self.linear(z)
+
+    def singular_values(self) -> torch.Tensor:
+        """The K singular values of ``W``, largest first."""
+        return torch.linalg.svdvals(self.linear.weight.detach())
+
+    def smallest_singular_value(self) -> float:
+        """The smallest singular value of ``W``: > 0 exactly when the lift is injective."""
+        return float(self.singular_values()[-1])
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clip the singular values of ``W`` to ``[s_min, s_max]`` (no-op when they lie inside)."""
+        W = self.linear.weight
+        s = torch.linalg.svdvals(W)
+        if float(s[-1]) >= self.s_min and float(s[0]) <= self.s_max:
+            return
+        U, s, Vh = torch.linalg.svd(W, full_matrices=False)
+        W.copy_((U * s.clamp(self.s_min, self.s_max)) @ Vh)
+
+    def left_inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """The least-squares ``z`` with ``W z + b`` closest to ``x``: exact on the range of the
+        lift. (B, D) -> (B, K)."""
+        _check_input("x", x, self.d)
+        W = self.linear.weight.to(x.dtype)
+        rhs = (x - self.linear.bias.to(x.dtype)).T
+        return torch.linalg.lstsq(W, rhs).solution.T
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, d={self.d}, s_min={self.s_min}, s_max={self.s_max}"
+
+
 class InjectiveDecoder(nn.Module):
     """LIDVAE decoder mean ``z -> g2(beta^T g1(z))`` (Wang et al., Definition 3).
 
-    ``g1`` is a :class:`BrenierMap` on R^K, ``beta`` a :class:`ZeroOneLift`, ``g2`` a
-    :class:`BrenierMap` on R^D: injective in ``z`` as a composition of injective maps. Returns the
-    pre-activation of the likelihood (Bernoulli logits, Gaussian mean): (B, K) -> (B, D).
+    ``g1`` is a :class:`BrenierMap` on R^K, ``beta`` a :class:`ZeroOneLift` (``lift="zero_one"``,
+    the default) or a :class:`LearnedLift` (``lift="learned"``), ``g2`` a :class:`BrenierMap` on
+    R^D: injective in ``z`` as a composition of injective maps. ``latent_width`` sizes ``g1``
+    (default ``width``), ``data_width`` the first layer of ``g2`` (default ``width``); ``weights``
+    and ``quadratic_init`` go to both ICNNs. Returns the pre-activation of the likelihood
+    (Bernoulli logits, Gaussian mean): (B, K) -> (B, D).
     """
 
     def __init__(
@@ -555,13 +678,24 @@ class InjectiveDecoder(nn.Module):
         slope: float = 0.2,
         alpha: float = 0.1,
         latent_width: int | None = None,
+        lift: str = "zero_one",
+        data_width: int | None = None,
+        weights: str = "softplus",
+        quadratic_init: float = 1.0,
     ):
         super().__init__()
-        self.lift = ZeroOneLift(latent_dim, data_dim)
+        if lift not in LIFTS:
+            raise ValueError(f"lift must be one of {LIFTS}, got {lift!r}")
+        self.lift = (
+            ZeroOneLift(latent_dim, data_dim)
+            if lift == "zero_one"
+            else LearnedLift(latent_dim, data_dim)
+        )
         latent_width = width if latent_width is None else latent_width
-        self.g1 = BrenierMap(latent_dim, latent_width, depth, slope, alpha)
-        self.g2 = BrenierMap(data_dim, width, depth, slope, alpha)
-        #: fold the lift into g2's input products (same map, fewer operations; chapter 12)
+        icnn = {"weights": weights, "quadratic_init": quadratic_init}
+        self.g1 = BrenierMap(latent_dim, latent_width, depth, slope, alpha, **icnn)
+        self.g2 = BrenierMap(data_dim, width, depth, slope, alpha, first_width=data_width, **icnn)
+        #: fold the zero-one lift into g2's input products (same map, fewer operations; chapter 12)
         self.fold_lift = True
 
     @property
@@ -573,21 +707,34 @@ class InjectiveDecoder(nn.Module):
         return self.lift.d
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``g2(beta^T g1(z))``: (B, K) -> (B, D). With ``fold_lift`` (the default) the closed-form
-        ``g2`` folds the lift into its input products (:meth:`ICNN.gradient`)."""
+        """``g2(beta^T g1(z))``: (B, K) -> (B, D). With the zero-one lift and ``fold_lift`` (the
+        default) the closed-form ``g2`` folds the lift into its input products
+        (:meth:`ICNN.gradient`)."""
         _check_input("z", z, self.latent_dim)
-        if self.fold_lift:
+        if self.fold_lift and isinstance(self.lift, ZeroOneLift):
             return self.g2.forward_lifted(self.g1(z), self.lift)
         return self.g2(self.lift(self.g1(z)))
 
     def inverse(self, x: torch.Tensor, **solver) -> torch.Tensor:
         """Recover ``z`` from a decoder output ``x = g2(beta^T g1(z))``: (B, D) -> (B, K).
 
-        Inverts ``g2`` through its conjugate, ``beta^T`` by averaging the copies and ``g1``
-        through its conjugate; ``solver`` goes to :meth:`BrenierMap.inverse`.
+        Inverts ``g2`` through its conjugate, ``beta^T`` by its left inverse (averaging the copies,
+        or least squares for the learned lift) and ``g1`` through its conjugate; ``solver`` goes
+        to :meth:`BrenierMap.inverse`.
         """
         _check_input("x", x, self.data_dim)
         return self.g1.inverse(self.lift.left_inverse(self.g2.inverse(x, **solver)), **solver)
+
+
+def project_constraints(module: nn.Module) -> nn.Module:
+    """Call ``project_()`` on every submodule that has one (the projected ICNN weights, the
+    learned lift's singular values): the trainer does this after each optimiser step. Returns
+    ``module``."""
+    for m in module.modules():
+        project = getattr(m, "project_", None)
+        if callable(project):
+            project()
+    return module
 
 
 def set_gradient(module: nn.Module, gradient: str) -> nn.Module:

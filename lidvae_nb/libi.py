@@ -171,7 +171,7 @@ class SyntheticVAE(StandardNormalVAE):
         q = self.encode(x)
         rec = -self.log_likelihood(x, q.rsample())
         kl = D.kl_divergence(q, self.prior())
-        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl_term": kl.detach()}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -258,7 +258,7 @@ class LiBIStep1(nn.Module):
         return {
             "loss": rec.mean() + penalty,
             "rec": rec.detach(),
-            "kl": penalty.detach().expand_as(rec),
+            "kl_term": penalty.detach().expand_as(rec),
         }
 
 

@@ -184,6 +184,78 @@ def cluster_accuracy(labels, clusters) -> float:
     return float(counts[rows, cols].sum() / labels.size)
 
 
+def majority_accuracy(labels, clusters) -> float:
+    """Accuracy when each cluster predicts its most frequent label (majority vote), as the original
+    LIDVAE code counts it. Several clusters may predict one label, so it is never below
+    :func:`cluster_accuracy` (the one-to-one Hungarian matching)."""
+    labels = np.asarray(labels).ravel()
+    clusters = np.asarray(clusters).ravel()
+    if labels.shape != clusters.shape or labels.size == 0:
+        raise ValueError(
+            f"labels and clusters must be non-empty and of equal length, got {labels.shape} and "
+            f"{clusters.shape}"
+        )
+    _, label_idx = np.unique(labels, return_inverse=True)
+    _, cluster_idx = np.unique(clusters, return_inverse=True)
+    counts = np.zeros((cluster_idx.max() + 1, label_idx.max() + 1), dtype=np.int64)
+    np.add.at(counts, (cluster_idx, label_idx), 1)
+    return float(counts.max(1).sum() / labels.size)
+
+
+@torch.no_grad()
+def learning_curve_point(
+    model,
+    data,
+    labels=None,
+    *,
+    bound_samples: int = 10,
+    iwae_samples: int = 50,
+    batch_size: int = 100,
+) -> dict[str, float]:
+    """What the original LIDVAE code logs once an epoch, beside the per-image IWAE, on ``data``:
+
+    * ``elbo``: the ELBO (one sample), mean per point; ``kl_term`` its KL term, and for the
+      mixture models ``kl_y`` (KL(q(y | x) || p(y))) and ``kl_z`` (E_q(y|x) KL(q(z | x, y) ||
+      p(z | y))), the columns of that code's log;
+    * ``ref_bound``: that code's estimator, the log-mean-exp over ``bound_samples`` draws of the
+      ELBO averaged over all of ``data`` (it averages the bound over the images before the
+      log-mean-exp, so it is about the ELBO and never tighter than the per-image IWAE); the
+      original also leaves out the entropy of q(y | x), at most log K nats, which is kept here;
+    * ``iwae``: the per-image IWAE estimate with ``iwae_samples`` samples (0: skipped);
+    * for models with ``cluster_probs``, given ``labels``: ``acc_majority``
+      (:func:`majority_accuracy`, the original's count) and ``acc_hungarian``
+      (:func:`cluster_accuracy`).
+    """
+    bound_samples = check_count("bound_samples", bound_samples)
+    iwae_samples = check_count("iwae_samples", iwae_samples, minimum=0)
+    n = sum(len(x) for x in _batches(data, batch_size))
+    draws = []
+    first: dict[str, float] = {}
+    for s in range(bound_samples):
+        total = 0.0
+        for x in _batches(data, batch_size):
+            out = model.loss(x)
+            total += float(out["loss"]) * len(x)
+            if s == 0:
+                for key, value in out.items():
+                    if key != "loss":
+                        first[key] = first.get(key, 0.0) + float(value.sum())
+        draws.append(-total / n)
+    point = {
+        "elbo": draws[0],
+        "ref_bound": float(torch.logsumexp(torch.tensor(draws), 0)) - math.log(bound_samples),
+    }
+    point.update({k: v / n for k, v in first.items() if k != "rec"})
+    if iwae_samples:
+        point["iwae"] = float(iwae_log_likelihood(model, data, n_samples=iwae_samples).mean())
+    if hasattr(model, "cluster_probs") and labels is not None:
+        probs = torch.cat([model.cluster_probs(x) for x in _batches(data, batch_size)])
+        clusters = probs.argmax(1).cpu().numpy()
+        point["acc_majority"] = majority_accuracy(labels, clusters)
+        point["acc_hungarian"] = cluster_accuracy(labels, clusters)
+    return point
+
+
 @torch.no_grad()
 def cluster_information(probs: torch.Tensor) -> tuple[float, float]:
     """``(I(y; x), mean H(q(y | x)))`` in nats from the rows q(y | x_i) of ``probs`` (N, C).

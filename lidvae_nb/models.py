@@ -6,7 +6,10 @@ All four share one shape, which the trainer and the metrics rely on:
 * ``prior()``: p(z), event (K,);
 * ``log_likelihood(x, z)``: log p(x | z), for z with any leading sample dimensions;
 * ``loss(x, beta=1.0)``: a dict with the negative ELBO (``loss``, scalar, beta-weighted KL),
-  ``rec`` and ``kl`` (per data point), used by every training scheme.
+  ``rec`` and ``kl_term`` (per data point; the ELBO's whole KL term, for the mixture models
+  KL(q(y | x) || p(y)) + E_q(y|x) KL(q(z | x, y) || p(z | y)), which they also give apart as
+  ``kl_y`` and ``kl_z``), used by every training scheme. Table 1's KL is another quantity, the
+  marginal KL(q(z | x) || p(z)) of :func:`lidvae_nb.metrics.kl_to_prior`.
 
 The latent-identifiable models differ from their classical counterparts only in the decoder:
 an injective map g2(beta^T g1(z)) built from Brenier maps (:mod:`lidvae_nb.icnn`) replaces the MLP,
@@ -31,6 +34,7 @@ from torch import nn
 
 from lidvae_nb._checks import check_count
 from lidvae_nb.data import Vocabulary
+from lidvae_nb.icnn import LIFTS, WEIGHTS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -73,7 +77,17 @@ class ModelConfig:
 
     ``fixed_prior_means`` (mixture models only) fixes the component means at distinct points
     instead of learning them, as Wang et al.'s Example 1 does (see :func:`spread_means`); the
-    component scales stay learned.
+    component scales stay learned. Learned means start at ``prior_mean_scale * N(0, I)``.
+
+    ``flow_hidden`` sizes the coupling networks (0: ``hidden``); ``flow_shift_only`` makes each
+    coupling a shift (volume preserving, as the original code's RealNVP).
+
+    The injective decoder (LIDVAE, LIDGMVAE) reads ``lift`` (``"zero_one"``: the fixed zero-one
+    ``beta``; ``"learned"``: a dense full-rank map, :class:`lidvae_nb.icnn.LearnedLift`),
+    ``icnn_weights`` (``"softplus"`` or ``"projected"``, see :class:`lidvae_nb.icnn.ICNN`),
+    ``icnn_alpha`` (the strong-convexity floor), ``icnn_quadratic_init`` (the quadratic
+    coefficient's start) and ``data_width`` (the first layer of the data-space ICNN; 0:
+    ``hidden``).
 
     The text models (:class:`SequentialVAE`, :class:`LIDSVAE`) read ``data_dim`` as the
     vocabulary size V (special tokens included, ``len(vocab)``) and use ``embed_dim`` (word
@@ -92,7 +106,14 @@ class ModelConfig:
     n_clusters: int = 5
     flow_layers: int = 0
     icnn_alpha: float = 0.1
+    icnn_weights: str = "softplus"
+    icnn_quadratic_init: float = 1.0
+    lift: str = "zero_one"
+    data_width: int = 0
+    flow_hidden: int = 0
+    flow_shift_only: bool = False
     fixed_prior_means: bool = False
+    prior_mean_scale: float = 2.0
     embed_dim: int = 128
     lstm_hidden: int = 256
     lstm_layers: int = 1
@@ -110,9 +131,36 @@ class ModelConfig:
         ):
             check_count(name, getattr(self, name))
         check_count("n_clusters", self.n_clusters)
-        check_count("flow_layers", self.flow_layers, minimum=0)
+        for name in ("flow_layers", "data_width", "flow_hidden"):
+            check_count(name, getattr(self, name), minimum=0)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.lift not in LIFTS:
+            raise ValueError(f"lift must be one of {LIFTS}, got {self.lift!r}")
+        if self.icnn_weights not in WEIGHTS:
+            raise ValueError(f"icnn_weights must be one of {WEIGHTS}, got {self.icnn_weights!r}")
+        for name in ("icnn_alpha", "icnn_quadratic_init", "prior_mean_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if self.icnn_quadratic_init < self.icnn_alpha:
+            raise ValueError(
+                f"icnn_quadratic_init must be >= icnn_alpha = {self.icnn_alpha}, got "
+                f"{self.icnn_quadratic_init!r}"
+            )
+        for name in ("flow_shift_only", "fixed_prior_means"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.flow_layers > 0 and self.latent_dim < 2:
+            raise ValueError(
+                f"flow layers couple two parts of z and need latent_dim >= 2, got "
+                f"latent_dim={self.latent_dim} with flow_layers={self.flow_layers}"
+            )
+
+    @property
+    def flow_width(self) -> int:
+        """The coupling networks' hidden width (``flow_hidden``, or ``hidden`` when 0)."""
+        return self.flow_hidden or self.hidden
 
 
 class StandardNormalVAE(nn.Module):
@@ -137,22 +185,32 @@ class StandardNormalVAE(nn.Module):
 
 
 class AffineCoupling(D.Transform, nn.Module):
-    """One RealNVP coupling layer: half of z rescales and shifts the other half.
+    """One RealNVP coupling layer: one part of z rescales and shifts the other part.
 
-    A ``torch.distributions.Transform`` with learnable parameters, so that
-    ``TransformedDistribution(q0, [couplings])`` gives rsample and log_prob of the flow.
+    The first ``dim // 2`` coordinates condition the rest, or, with ``flip``, the last
+    ``dim - dim // 2`` condition the first ``dim // 2`` (so alternating layers change every
+    coordinate, for odd ``dim`` too). ``shift_only`` drops the scale (a volume-preserving shift,
+    as in the original code's RealNVP). A ``torch.distributions.Transform`` with learnable
+    parameters, so that ``TransformedDistribution(q0, [couplings])`` gives rsample and log_prob
+    of the flow. (Pyro's ``AffineCoupling`` has no shift-only form and needs a separate
+    permutation between layers; this one is a dozen lines.)
     """
 
     domain = D.constraints.real_vector
     codomain = D.constraints.real_vector
     bijective = True
 
-    def __init__(self, dim: int, hidden: int, flip: bool):
+    def __init__(self, dim: int, hidden: int, flip: bool, shift_only: bool = False):
         D.Transform.__init__(self, cache_size=0)
         nn.Module.__init__(self)
-        self.dim, self.flip = dim, flip
-        self.n_keep = dim // 2 if not flip else dim - dim // 2
-        self.net = mlp([self.n_keep, hidden, 2 * (dim - self.n_keep)], nn.Tanh)
+        dim, hidden = check_count("dim", dim), check_count("hidden", hidden)
+        if dim < 2:
+            raise ValueError(f"a coupling layer needs dim >= 2, got dim={dim}")
+        self.dim, self.flip, self.shift_only = dim, bool(flip), bool(shift_only)
+        self.split = dim // 2
+        self.n_keep = dim - self.split if self.flip else self.split
+        n_change = dim - self.n_keep
+        self.net = mlp([self.n_keep, hidden, (1 if shift_only else 2) * n_change], nn.Tanh)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -160,14 +218,17 @@ class AffineCoupling(D.Transform, nn.Module):
         return nn.Module.__hash__(self)
 
     def _split(self, z):
-        a, b = z[..., : self.n_keep], z[..., self.n_keep :]
-        return (b, a) if self.flip else (a, b)
+        a, b = z[..., : self.split], z[..., self.split :]
+        return (b, a) if self.flip else (a, b)  # (keep, change)
 
     def _join(self, keep, change):
         return torch.cat([change, keep] if self.flip else [keep, change], -1)
 
     def _params(self, keep):
-        log_s, t = self.net(keep).chunk(2, -1)
+        out = self.net(keep)
+        if self.shift_only:
+            return torch.zeros_like(out), out
+        log_s, t = out.chunk(2, -1)
         return torch.tanh(log_s), t
 
     def _call(self, z):
@@ -182,6 +243,8 @@ class AffineCoupling(D.Transform, nn.Module):
 
     def log_abs_det_jacobian(self, z, y):
         keep, _ = self._split(z)
+        if self.shift_only:
+            return z.new_zeros(z.shape[:-1])
         log_s, _ = self._params(keep)
         return log_s.sum(-1)
 
@@ -189,11 +252,35 @@ class AffineCoupling(D.Transform, nn.Module):
 class GaussianEncoder(nn.Module):
     """x -> q(z | x) = N(mu(x), diag sigma(x)^2), optionally pushed through RealNVP couplings."""
 
-    def __init__(self, in_dim: int, latent_dim: int, hidden: int, depth: int, flow_layers: int = 0):
+    def __init__(
+        self,
+        in_dim: int,
+        latent_dim: int,
+        hidden: int,
+        depth: int,
+        flow_layers: int = 0,
+        flow_hidden: int | None = None,
+        shift_only: bool = False,
+    ):
         super().__init__()
         self.net = mlp([in_dim] + [hidden] * depth + [2 * latent_dim])
+        width = hidden if not flow_hidden else flow_hidden
         self.flows = nn.ModuleList(
-            AffineCoupling(latent_dim, hidden, flip=bool(i % 2)) for i in range(flow_layers)
+            AffineCoupling(latent_dim, width, flip=bool(i % 2), shift_only=shift_only)
+            for i in range(flow_layers)
+        )
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_dim: int) -> GaussianEncoder:
+        """The encoder of a model with settings ``cfg`` reading ``in_dim`` inputs."""
+        return cls(
+            in_dim,
+            cfg.latent_dim,
+            cfg.hidden,
+            cfg.encoder_depth,
+            cfg.flow_layers,
+            cfg.flow_width,
+            cfg.flow_shift_only,
         )
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,6 +323,10 @@ def _injective_decoder(cfg: ModelConfig) -> nn.Module:
         width=cfg.hidden,
         depth=cfg.decoder_depth,
         alpha=cfg.icnn_alpha,
+        lift=cfg.lift,
+        data_width=cfg.data_width or None,
+        weights=cfg.icnn_weights,
+        quadratic_init=cfg.icnn_quadratic_init,
     )
 
 
@@ -249,7 +340,7 @@ def _negative_elbo(model, x: torch.Tensor, q: D.Distribution, beta: float) -> di
         kl = D.kl_divergence(q, model.prior())
     else:
         kl = q.log_prob(z) - model.prior().log_prob(z)
-    return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+    return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl_term": kl.detach()}
 
 
 class _Likelihood(nn.Module):
@@ -301,9 +392,7 @@ class VAE(_GaussianEncoderModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = GaussianEncoder(
-            cfg.data_dim, cfg.latent_dim, cfg.hidden, cfg.encoder_depth, cfg.flow_layers
-        )
+        self.encoder = GaussianEncoder.from_config(cfg, cfg.data_dim)
         self.decoder = self._make_decoder(cfg)
         self.lik = _Likelihood(cfg.likelihood, cfg.data_dim)
         self.register_buffer("_zeros", torch.zeros(cfg.latent_dim))
@@ -357,7 +446,7 @@ class GMVAE(_LatentVariableModel):
     """Gaussian-mixture VAE: y ~ Categorical(1/C), z | y ~ N(mu_y, diag softplus(s_y)),
     x | z ~ EF(f(z)); q(y | x) q(z | x, y), with y summed out exactly in the ELBO.
 
-    The means mu_y start at 2 * N(0, I) and are learned, or are fixed by
+    The means mu_y start at ``prior_mean_scale`` * N(0, I) and are learned, or are fixed by
     ``ModelConfig.fixed_prior_means`` (:func:`spread_means`)."""
 
     injective = False
@@ -367,13 +456,11 @@ class GMVAE(_LatentVariableModel):
         self.cfg = cfg
         c, k = cfg.n_clusters, cfg.latent_dim
         self.cluster_net = mlp([cfg.data_dim] + [cfg.hidden] * cfg.encoder_depth + [c])
-        self.encoder = GaussianEncoder(
-            cfg.data_dim + c, k, cfg.hidden, cfg.encoder_depth, cfg.flow_layers
-        )
+        self.encoder = GaussianEncoder.from_config(cfg, cfg.data_dim + c)
         if cfg.fixed_prior_means:
             self.register_buffer("prior_means", spread_means(c, k))
         else:
-            self.prior_means = nn.Parameter(2.0 * torch.randn(c, k))
+            self.prior_means = nn.Parameter(cfg.prior_mean_scale * torch.randn(c, k))
         self.prior_raw_scales = nn.Parameter(torch.zeros(c, k))
         self.decoder = self._make_decoder(cfg)
         self.lik = _Likelihood(cfg.likelihood, cfg.data_dim)
@@ -449,8 +536,15 @@ class GMVAE(_LatentVariableModel):
         c = self.cfg.n_clusters
         kl_y = (probs * (log_probs + math.log(c))).sum(-1)
         rec = (probs * rec_y).sum(-1)
-        kl = (probs * kl_z).sum(-1) + kl_y
-        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+        kl_z = (probs * kl_z).sum(-1)
+        kl = kl_z + kl_y
+        return {
+            "loss": (rec + beta * kl).mean(),
+            "rec": rec.detach(),
+            "kl_term": kl.detach(),
+            "kl_y": kl_y.detach(),
+            "kl_z": kl_z.detach(),
+        }
 
 
 class LIDGMVAE(GMVAE):
@@ -479,13 +573,11 @@ class VaDE(_GaussianEncoderModel):
         super().__init__()
         self.cfg = cfg
         c, k = cfg.n_clusters, cfg.latent_dim
-        self.encoder = GaussianEncoder(
-            cfg.data_dim, k, cfg.hidden, cfg.encoder_depth, cfg.flow_layers
-        )
+        self.encoder = GaussianEncoder.from_config(cfg, cfg.data_dim)
         self.decoder = MLPDecoder(k, cfg.data_dim, cfg.hidden, cfg.decoder_depth)
         self.lik = _Likelihood(cfg.likelihood, cfg.data_dim)
         self.prior_logits = nn.Parameter(torch.zeros(c))
-        self.prior_means = nn.Parameter(2.0 * torch.randn(c, k))
+        self.prior_means = nn.Parameter(cfg.prior_mean_scale * torch.randn(c, k))
         self.prior_raw_scales = nn.Parameter(torch.zeros(c, k))
 
     def _component_priors(self) -> D.Distribution:
@@ -575,7 +667,7 @@ class VaDE(_GaussianEncoderModel):
         else:
             # With gamma = p(c | z), sum_c gamma_c [log pi_c p(z | c) - log gamma_c] = log p(z).
             kl = q.log_prob(z) - torch.logsumexp(log_joint, -1)
-        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl": kl.detach()}
+        return {"loss": (rec + beta * kl).mean(), "rec": rec.detach(), "kl_term": kl.detach()}
 
 
 # --- Text: sequential VAEs (He et al., 2019) and the LIDSVAE (Wang et al., Example 2) ---------

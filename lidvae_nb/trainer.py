@@ -19,7 +19,15 @@ Schemes (``TrainConfig.scheme``):
 The trainer seeds everything, uses CUDA when present, shows tqdm progress, writes checkpoints
 atomically and resumes from them (``torch.load(weights_only=True)``), logs one JSON line per
 epoch, and stops with an error naming the step on a NaN or infinite loss, leaving the last good
-checkpoint in place.
+checkpoint in place. After every optimiser step it calls ``project_()`` on each module that has
+one (:func:`lidvae_nb.icnn.project_constraints`: projected ICNN weights, the learned lift).
+
+The optimiser is Adam or RMSprop. RMSprop's ``rmsprop_alpha`` (decay of the squared-gradient
+average), ``rmsprop_eps``, ``momentum`` and ``rmsprop_init`` (the average's starting value) are
+settings, so that both PyTorch's defaults (0.99, 1e-8, 0, 0) and TensorFlow 1's RMSProp of the
+original LIDVAE code (decay 0.9, epsilon 1e-10, momentum 0.5 there, the average starting at 1)
+can be stated; ``reduction="sum"`` differentiates the batch's summed loss instead of its mean,
+as that code did (it changes what ``grad_clip`` clips).
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ from torch import nn
 from tqdm import tqdm
 
 from lidvae_nb._checks import check_count, check_positive
+from lidvae_nb.icnn import project_constraints
 
 SCHEMES = ("elbo", "beta", "anneal", "lagging", "savae")
 OPTIMIZERS = ("adam", "rmsprop")
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
@@ -54,6 +64,11 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-3
     optimizer: str = "adam"
+    momentum: float = 0.0
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 1e-8
+    rmsprop_init: float = 0.0
+    reduction: str = "mean"
     grad_clip: float | None = 5.0
     scheme: str = "elbo"
     beta: float = 0.2
@@ -75,6 +90,21 @@ class TrainConfig:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not 0 < self.rmsprop_alpha < 1:
+            raise ValueError(f"rmsprop_alpha must be in (0, 1), got {self.rmsprop_alpha!r}")
+        if not self.rmsprop_eps > 0:
+            raise ValueError(f"rmsprop_eps must be > 0, got {self.rmsprop_eps!r}")
+        if not self.rmsprop_init >= 0:
+            raise ValueError(f"rmsprop_init must be >= 0, got {self.rmsprop_init!r}")
+        if self.optimizer == "adam" and (self.momentum or self.rmsprop_init):
+            raise ValueError(
+                f"momentum and rmsprop_init are RMSprop settings; with optimizer 'adam' they must "
+                f"be 0, got momentum={self.momentum!r}, rmsprop_init={self.rmsprop_init!r}"
+            )
         for name in (
             "epochs",
             "batch_size",
@@ -90,6 +120,15 @@ class TrainConfig:
             raise ValueError(f"anneal_start must be in [0, 1], got {self.anneal_start!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+
+
+def _accumulate(sums: dict, out: dict, n: int) -> None:
+    """Add a loss dict's batch to running sums: ``loss`` (a mean) times ``n``, the per-point
+    tensors (``rec``, ``kl_term``, ``kl_y``, ...) summed."""
+    sums["loss"] = sums.get("loss", 0.0) + float(out["loss"].detach()) * n
+    for key, value in out.items():
+        if key != "loss":
+            sums[key] = sums.get(key, 0.0) + float(value.sum())
 
 
 def seed_everything(seed: int) -> None:
@@ -232,9 +271,20 @@ class Trainer:
 
     # --- set-up -------------------------------------------------------------------------------
     def _optimizer(self, params):
-        if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.cfg.lr)
-        return torch.optim.RMSprop(params, lr=self.cfg.lr)
+        cfg = self.cfg
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr)
+        opt = torch.optim.RMSprop(
+            params, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps, momentum=cfg.momentum
+        )
+        if cfg.rmsprop_init > 0:  # TensorFlow 1 starts the squared-gradient average at 1
+            for p in params:
+                state = opt.state[p]
+                state["step"] = torch.tensor(0.0)
+                state["square_avg"] = torch.full_like(p, cfg.rmsprop_init)
+                if cfg.momentum > 0:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+        return opt
 
     def beta_at(self, step: int, steps_per_epoch: int) -> float:
         """The weight of the KL term at a given step under the configured scheme."""
@@ -306,30 +356,41 @@ class Trainer:
             )
             raise FloatingPointError(f"non-finite {what} ({float(loss.detach())}) at {where}{kept}")
 
-    def _apply(self, opt, loss: torch.Tensor, params=None) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+    def _apply(self, opts, loss: torch.Tensor, params=None, batch: int = 1) -> None:
+        """One step of each optimiser in ``opts`` on ``loss`` (a batch mean; times ``batch`` under
+        ``reduction="sum"``), the gradient clipped over ``params``, then the constraints."""
+        opts = opts if isinstance(opts, list | tuple) else [opts]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        (loss * batch if self.cfg.reduction == "sum" else loss).backward()
         if self.cfg.grad_clip is not None:
             params = params if params is not None else list(self.model.parameters())
             nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        opt.step()
+        for opt in opts:
+            opt.step()
+        project_constraints(self.model)
 
     def _plain_step(self, x: torch.Tensor, beta: float) -> dict:
         out = self.model.loss(x, beta=beta)
         self._check_finite(out["loss"])
-        self._apply(self.opt, out["loss"])
+        self._apply(self.opt, out["loss"], batch=x.shape[0])
         return out
 
     def _lagging_step(self, x: torch.Tensor, beta: float, sample_batch) -> dict:
         if not self.aggressive:
-            return self._plain_step(x, beta)
+            # After the aggressive phase both parts go on with their own optimisers, whose state
+            # is kept (as He et al. do): a fresh optimiser would restart RMSprop's average.
+            out = self.model.loss(x, beta=beta)
+            self._check_finite(out["loss"])
+            self._apply([self.enc_opt, self.dec_opt], out["loss"], batch=x.shape[0])
+            return out
         enc_params = _encoder_parameters(self.model)
         best, since_best = math.inf, 0
         for inner in range(self.cfg.lagging_max_inner):
             xb = x if inner == 0 else sample_batch()
             out = self.model.loss(xb, beta=beta)
             self._check_finite(out["loss"], "encoder loss")
-            self._apply(self.enc_opt, out["loss"], enc_params)
+            self._apply(self.enc_opt, out["loss"], enc_params, batch=xb.shape[0])
             value = float(out["loss"].detach())
             if value < best - 1e-4:
                 best, since_best = value, 0
@@ -339,7 +400,7 @@ class Trainer:
                     break
         out = self.model.loss(x, beta=beta)
         self._check_finite(out["loss"])
-        self._apply(self.dec_opt, out["loss"], _decoder_parameters(self.model))
+        self._apply(self.dec_opt, out["loss"], _decoder_parameters(self.model), batch=x.shape[0])
         return out
 
     def _savae_step(self, x: torch.Tensor, beta: float) -> dict:
@@ -359,12 +420,14 @@ class Trainer:
         enc_params = _encoder_parameters(model)
         enc_grads = torch.autograd.grad(enc_loss, enc_params, allow_unused=True)
         self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        scale = x.shape[0] if self.cfg.reduction == "sum" else 1
+        (out["loss"] * scale).backward()
         for p, g in zip(enc_params, enc_grads, strict=True):
-            p.grad = g
+            p.grad = None if g is None else g * scale
         if self.cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
         self.opt.step()
+        project_constraints(model)
         return out
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -378,20 +441,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: torch.Tensor) -> dict:
-        """Negative ELBO, reconstruction and KL on ``data`` (means per point), and MI, under the
-        scheme's q(z | x) (:meth:`inference_model`)."""
+        """Negative ELBO (``loss``), reconstruction (``rec``) and the ELBO's KL term
+        (``kl_term``; for the mixture models also ``kl_y`` and ``kl_z``) on ``data`` (means per
+        point), and MI, under the scheme's q(z | x) (:meth:`inference_model`)."""
         from lidvae_nb.metrics import mutual_information
 
         model = self.inference_model()
         self.model.eval()
         try:
-            totals = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+            totals: dict[str, float] = {}
             for x in data.split(max(self.cfg.batch_size, 500)):
                 x = x.to(self.device)
-                out = model.loss(x)
-                totals["loss"] += float(out["loss"]) * x.shape[0]
-                totals["rec"] += float(out["rec"].sum())
-                totals["kl"] += float(out["kl"].sum())
+                _accumulate(totals, model.loss(x), x.shape[0])
             result = {k: v / data.shape[0] for k, v in totals.items()}
             if data.shape[0] >= 2:
                 result["mi"] = mutual_information(model, data.to(self.device))
@@ -399,11 +460,28 @@ class Trainer:
         finally:
             self.model.train()
 
+    def _monitor(self, monitor) -> dict:
+        model = self.inference_model()
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return dict(monitor(model))
+        finally:
+            self.model.train()
+
     # --- the loop -----------------------------------------------------------------------------
-    def fit(self, train: torch.Tensor, val: torch.Tensor | None = None) -> list[dict]:
+    def fit(
+        self,
+        train: torch.Tensor,
+        val: torch.Tensor | None = None,
+        monitor: Callable[[nn.Module], dict] | None = None,
+    ) -> list[dict]:
         """Train for the remaining epochs of ``config.epochs`` (all of them unless resumed).
 
-        ``train`` and ``val`` are (N, D) tensors. Returns the history: one dict per epoch.
+        ``train`` and ``val`` are (N, D) tensors. ``monitor``, if given, is called with the
+        inference model (:meth:`inference_model`, in eval mode, under ``no_grad``) before the first
+        step (a record with epoch 0) and after every epoch; the dict it returns joins that
+        epoch's record. Returns the history: one dict per epoch.
         """
         if train.dim() != 2 or train.shape[0] < 1:
             raise ValueError(
@@ -427,6 +505,8 @@ class Trainer:
         # Normal. (It also saves time.) The previous setting is restored afterwards.
         validate = D.Distribution._validate_args
         D.Distribution.set_default_validate_args(False)
+        if monitor is not None and self.step == 0 and not self.history:
+            self.history.append({"epoch": 0, "step": 0, **self._monitor(monitor)})
         bar = tqdm(
             total=cfg.epochs,
             initial=self.epoch,
@@ -439,7 +519,7 @@ class Trainer:
                 start = time.perf_counter()
                 # The order depends on (seed, epoch) only: a resumed run sees the same batches.
                 gen.manual_seed(cfg.seed * 1_000_003 + self.epoch)
-                sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+                sums: dict[str, float] = {}
                 order = torch.randperm(n, generator=gen)
                 for idx in order.split(cfg.batch_size):
                     x = prepare(idx)
@@ -451,9 +531,7 @@ class Trainer:
                     else:
                         out = self._plain_step(x, beta)
                     self.step += 1
-                    sums["loss"] += float(out["loss"].detach()) * x.shape[0]
-                    sums["rec"] += float(out["rec"].sum())
-                    sums["kl"] += float(out["kl"].sum())
+                    _accumulate(sums, out, x.shape[0])
                 self.epoch += 1
                 record = {
                     "epoch": self.epoch,
@@ -464,6 +542,8 @@ class Trainer:
                 }
                 if val is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
+                if monitor is not None:
+                    record.update(self._monitor(monitor))
                 if cfg.scheme == "lagging":
                     record["aggressive"] = self.aggressive
                     if self.aggressive and val is not None:

@@ -180,7 +180,7 @@ def test_padding_has_no_effect_on_the_likelihood_the_posterior_or_the_loss(name)
     z_draw = model.encode(x).rsample()
     torch.testing.assert_close(out["rec"], -model.log_likelihood(x, z_draw).detach())
     torch.testing.assert_close(
-        out["kl"], torch.distributions.kl_divergence(q, model.prior()).detach()
+        out["kl_term"], torch.distributions.kl_divergence(q, model.prior()).detach()
     )
 
 
