@@ -982,6 +982,48 @@ def label_posteriors(
 TABLE_METRICS = ("au", "kl", "mi", "log_likelihood")
 
 
+#: The learning-curve measurements of a monitored run's history (see ``RunSpec.monitor_images``).
+CURVE_KEYS = (
+    "test_elbo",
+    "test_ref_bound",
+    "test_iwae",
+    "test_acc_majority",
+    "test_acc_hungarian",
+    "test_kl_y",
+    "test_kl_z",
+)
+
+
+def learning_curves(results, keys=CURVE_KEYS, by=("dataset", "method", "depth", "tag")) -> dict:
+    """Mean and sd over seeds of monitored runs' learning curves.
+
+    Groups the runs by their ``by`` fields and returns ``{key: {"n": runs, "steps": array,
+    name: (means, sds), ...}}``, the arrays over the steps that every run of the group recorded
+    (sd with ``ddof=1``, NaN for a single run). Failed runs and runs without a monitored
+    history are left out; a name that the group's runs do not all have is left out too.
+    """
+    import numpy as np
+
+    groups: dict = {}
+    for record in results:
+        if record.get("error") or not any("test_elbo" in h for h in record["history"]):
+            continue
+        groups.setdefault(tuple(record["spec"][f] for f in by), []).append(record)
+    out = {}
+    for key, records in groups.items():
+        tables = [{h["step"]: h for h in r["history"] if "test_elbo" in h} for r in records]
+        steps = sorted(set.intersection(*(set(t) for t in tables)))
+        entry = {"n": len(records), "steps": np.array(steps)}
+        for name in keys:
+            if not all(name in t[step] for t in tables for step in steps):
+                continue
+            values = np.array([[t[step][name] for step in steps] for t in tables])
+            sd = values.std(0, ddof=1) if len(records) > 1 else np.full(len(steps), np.nan)
+            entry[name] = (values.mean(0), sd)
+        out[key] = entry
+    return out
+
+
 def summarize(
     results, metrics=TABLE_METRICS, by=("dataset", "method", "depth"), over=("seed",)
 ) -> dict:

@@ -41,6 +41,33 @@ def paper_vs_ours(rows: Iterable[Sequence]) -> str:
     return markdown_table(out, ["", "paper", "ours", "agrees"])
 
 
+class ClaimFailed(AssertionError):
+    """A sentence of the book no longer holds for the data it renders."""
+
+
+def claim(statement: str, holds, **evidence) -> bool:
+    """Check a comparison that the prose states, against the data it is about.
+
+    ``statement`` is the sentence (or its gist) as the chapter words it, ``holds`` whether the
+    data support it. Raises :class:`ClaimFailed` quoting the statement and the ``evidence``
+    (name = value) when they do not, so that a chapter whose data change fails its build instead
+    of keeping a sentence the numbers contradict. Returns True.
+    """
+    if isinstance(holds, bool) is False:
+        try:
+            holds = bool(holds.all()) if hasattr(holds, "all") else bool(holds)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"claim {statement!r}: holds must be a truth value, got {holds!r}"
+            ) from err
+    if not holds:
+        shown = ", ".join(f"{k} = {v!r}" for k, v in evidence.items())
+        raise ClaimFailed(
+            f"the data no longer support the claim {statement!r}" + (f" ({shown})" if shown else "")
+        )
+    return True
+
+
 def provenance(config: dict, wall_seconds: float) -> dict:
     """Where a stored result came from: its configuration, the git commit, the versions, the
     machine, the date (UTC, ISO 8601, when this is called: the end of the run) and the wall time.

@@ -490,3 +490,134 @@ def test_the_command_line_writes_the_true_models_report(tmp_path):
     assert record["metrics"]["encoder_steps"] == 4
     assert record["provenance"]["config"]["n_pairs"] == 50
     assert (tmp_path / "runs" / "synthetic_text-vae-d1-s1.json").exists()
+
+
+# --- the reference configuration, variants and the learning-curve monitor -----------------------
+
+
+def test_reference_settings_reach_the_model_and_the_trainer():
+    spec = RunSpec(dataset="fashion_mnist", method="lidgmvae", **experiments.REFERENCE_SETTINGS)
+    cfg, train = spec.model_config(), spec.train_config()
+    for key in (
+        "lift",
+        "icnn_weights",
+        "icnn_alpha",
+        "icnn_quadratic_init",
+        "data_width",
+        "flow_layers",
+        "flow_hidden",
+        "flow_shift_only",
+        "prior_mean_scale",
+    ):
+        assert getattr(cfg, key) == experiments.REFERENCE_SETTINGS[key], key
+    for key in ("momentum", "rmsprop_alpha", "rmsprop_eps", "rmsprop_init", "reduction", "lr"):
+        assert getattr(train, key) == experiments.REFERENCE_SETTINGS[key], key
+    torch.manual_seed(0)
+    model = experiments.build_model(spec.model_name, cfg)
+    assert model.decoder.g2.potential_net.input_layers[0].out_features == 784
+    assert model.decoder.lift.smallest_singular_value() > 0
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"lift": "dense"}, "lift must be one of"),
+        ({"flow_hidden": -1}, "flow_hidden"),
+        ({"icnn_weights": "clamp"}, "icnn_weights"),
+        ({"reduction": "max"}, "reduction"),
+        ({"monitor_images": -1}, "monitor_images"),
+        ({"rmsprop_alpha": 1.5}, "rmsprop_alpha"),
+    ],
+)
+def test_bad_reference_settings_are_named(changes, match):
+    with pytest.raises(ValueError, match=match):
+        RunSpec.from_dict(changes)
+
+
+def test_grid_variants_cross_the_product_with_named_changes(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'datasets = ["mnist"]\nmethods = ["lidgmvae"]\ndepths = [1]\nseeds = [0, 1]\n'
+        'lift = "learned"\n[variants.base]\n[variants.zero_one]\nlift = "zero_one"\n'
+    )
+    specs = load_grid(grid)
+    assert [s.run_id for s in specs] == [
+        "mnist-lidgmvae-d1-s0-base",
+        "mnist-lidgmvae-d1-s1-base",
+        "mnist-lidgmvae-d1-s0-zero_one",
+        "mnist-lidgmvae-d1-s1-zero_one",
+    ]
+    assert [s.lift for s in specs] == ["learned"] * 2 + ["zero_one"] * 2
+    grid.write_text(
+        'datasets = ["mnist"]\nmethods = ["vae"]\ndepths = [1]\nseeds = [0]\n'
+        '[variants.bad]\nlift = "dense"\n'
+    )
+    with pytest.raises(ValueError, match="variant 'bad'.*lift must be one of"):
+        load_grid(grid)
+
+
+def test_a_monitored_run_logs_the_learning_curve_from_step_zero(root, tmp_path):
+    spec = tiny(
+        method="lidgmvae",
+        epochs=2,
+        lift="learned",
+        icnn_weights="projected",
+        flow_layers=2,
+        flow_shift_only=True,
+        monitor_images=8,
+        monitor_bound_samples=2,
+        monitor_iwae_samples=3,
+        reduction="sum",
+        rmsprop_init=1.0,
+        momentum=0.5,
+        rmsprop_alpha=0.9,
+    )
+    result = run_one(spec, tmp_path, data_root=root)
+    history = result["history"]
+    assert [h["step"] for h in history] == [0, 3, 6]
+    for h in history:
+        for key in (
+            "test_elbo",
+            "test_ref_bound",
+            "test_iwae",
+            "test_kl_y",
+            "test_kl_z",
+            "test_acc_majority",
+            "test_acc_hungarian",
+        ):
+            assert math.isfinite(h[key]), key
+        assert h["test_acc_majority"] >= h["test_acc_hungarian"]
+    with pytest.raises(ValueError, match="monitor_images = 50"):
+        run_one(spec.replace(monitor_images=50, tag="more"), tmp_path, data_root=root)
+
+
+def test_learning_curves_average_the_monitored_histories_over_seeds():
+    def run(seed, values, tag="", error=None):
+        spec = RunSpec(dataset="mnist", method="lidgmvae", seed=seed, tag=tag).to_dict()
+        history = [{"step": s, "test_elbo": v, "test_iwae": v + 1} for s, v in values]
+        return {"id": f"r{seed}{tag}", "spec": spec, "history": history, "error": error}
+
+    results = [
+        run(0, [(0, -500.0), (200, -300.0), (400, -280.0)]),
+        run(1, [(0, -520.0), (200, -310.0)]),  # shorter: only the common steps are kept
+        run(2, [(0, 0.0)], error="non-finite loss"),  # failed runs are left out
+        run(0, [(0, -400.0), (200, -350.0)], tag="other"),
+    ]
+    curves = experiments.learning_curves(results, keys=("test_elbo", "test_iwae", "test_kl_y"))
+    main = curves[("mnist", "lidgmvae", 2, "")]
+    assert main["n"] == 2 and list(main["steps"]) == [0, 200]
+    np.testing.assert_allclose(main["test_elbo"][0], [-510.0, -305.0])
+    np.testing.assert_allclose(main["test_elbo"][1], [np.sqrt(200.0), np.sqrt(50.0)])
+    np.testing.assert_allclose(main["test_iwae"][0], [-509.0, -304.0])
+    assert "test_kl_y" not in main
+    other = curves[("mnist", "lidgmvae", 2, "other")]
+    assert other["n"] == 1 and np.isnan(other["test_elbo"][1]).all()
+
+
+def test_a_claim_that_the_data_contradict_fails_quoting_the_sentence():
+    assert report.claim("A beats B", 3.0 > 2.0, a=3.0, b=2.0)
+    assert report.claim("all above zero", np.array([1.0, 2.0]) > 0)
+    with pytest.raises(report.ClaimFailed, match=r"'A beats B' \(a = 1.0, b = 2.0\)"):
+        report.claim("A beats B", 1.0 > 2.0, a=1.0, b=2.0)
+    with pytest.raises(report.ClaimFailed, match="every seed"):
+        report.claim("every seed", np.array([True, False]))

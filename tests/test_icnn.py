@@ -344,3 +344,132 @@ def test_set_gradient_switches_every_map_and_both_agree():
     torch.testing.assert_close(dec(z), closed, atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="gradient must be one of .* got 'numeric'"):
         set_gradient(dec, "numeric")
+
+
+# ----------------------------------------------------------- projected weights and learned lifts
+
+
+@pytest.mark.parametrize("weights", ["softplus", "projected"])
+@pytest.mark.parametrize("first_width,depth", [(7, 1), (11, 2), (9, 3)])
+def test_closed_form_map_equals_autograd_with_a_wider_first_layer(weights, first_width, depth):
+    torch.manual_seed(first_width)
+    g = BrenierMap(3, 6, depth, weights=weights, first_width=first_width).to(DT)
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    g.potential_net.project_()
+    assert g.potential_net.input_layers[0].out_features == first_width
+    u = points(100, 3)
+    assert (g(u) - g.forward_autograd(u)).abs().max().item() < 1e-10
+
+
+def test_projected_weights_stay_non_negative_and_the_map_monotone_through_training():
+    from lidvae_nb.icnn import project_constraints
+
+    torch.manual_seed(0)
+    g = BrenierMap(3, 16, 2, alpha=0.01, weights="projected", quadratic_init=0.01).to(DT)
+    raws = list(g.potential_net.raw_weights)
+    assert all((r >= 0).all() for r in raws) and any((r == 0).any() for r in raws)
+    opt = torch.optim.SGD(g.parameters(), lr=0.5)
+    for _ in range(20):  # a target that pulls the map down: weights are pushed below 0
+        u = torch.randn(64, 3, dtype=DT)
+        loss = (g(u) + 3 * u).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert any((r < 0).any() for r in raws)  # the plain step leaves the cone ...
+        project_constraints(g)
+        assert all((r >= 0).all() for r in raws)  # ... and the projection brings it back
+    x, y = points(300, 3, seed=2), points(300, 3, seed=3)
+    inner = ((g(x) - g(y)) * (x - y)).sum(1)
+    assert (inner >= 0.01 * (x - y).square().sum(1) * (1 - 1e-9)).all()
+
+
+def test_a_zero_projected_weight_still_gets_a_gradient():
+    g = ICNN(3, 8, 2, weights="projected").to(DT)
+    with torch.no_grad():
+        g.raw_weights[0].zero_()
+    g(points(20, 3)).sum().backward()
+    assert g.raw_weights[0].grad.abs().sum() > 0
+
+
+def test_learned_lift_keeps_full_rank_and_inverts_by_least_squares():
+    from lidvae_nb.icnn import LearnedLift
+
+    torch.manual_seed(0)
+    lift = LearnedLift(4, 12, s_min=0.05, s_max=3.0).to(DT)
+    with torch.no_grad():  # make it rank deficient and too large
+        lift.linear.weight[:, 3] = lift.linear.weight[:, 0]
+        lift.linear.weight.mul_(10.0)
+    assert lift.smallest_singular_value() < 1e-8
+    lift.project_()
+    s = lift.singular_values()
+    assert float(s[-1]) >= 0.05 * (1 - 1e-9) and float(s[0]) <= 3.0 * (1 + 1e-9)
+    z = points(50, 4)
+    torch.testing.assert_close(lift.left_inverse(lift(z)), z, atol=1e-9, rtol=0)
+
+
+def test_the_trainer_keeps_the_learned_lift_full_rank():
+    from lidvae_nb.models import ModelConfig, build_model
+    from lidvae_nb.trainer import TrainConfig, Trainer
+
+    cfg = ModelConfig(data_dim=6, latent_dim=3, hidden=8, decoder_depth=1, lift="learned")
+    torch.manual_seed(0)
+    model = build_model("lidvae", cfg)
+    lift = model.decoder.lift
+    lift.s_min, lift.s_max = 0.5, 0.6  # a narrow band: any real step leaves it
+    lift.project_()
+    Trainer(model, TrainConfig(epochs=2, batch_size=20, lr=0.05, progress=False)).fit(
+        torch.randn(60, 6)
+    )
+    s = lift.singular_values()
+    assert float(s[-1]) >= 0.5 * (1 - 1e-5) and float(s[0]) <= 0.6 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("weights", ["softplus", "projected"])
+def test_decoder_with_a_learned_lift_recovers_z(weights):
+    torch.manual_seed(1)
+    dec = InjectiveDecoder(
+        3,
+        10,
+        width=12,
+        depth=1,
+        lift="learned",
+        data_width=10,
+        weights=weights,
+        alpha=0.05,
+        quadratic_init=0.05,
+    ).to(DT)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    from lidvae_nb.icnn import project_constraints
+
+    project_constraints(dec)
+    z = points(40, 3, scale=1.0)
+    z_back = dec.inverse(dec(z))
+    torch.testing.assert_close(z_back, z, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(weights="clamp"), "weights must be one of"),
+        (dict(first_width=0), "first_width"),
+        (dict(quadratic_init=0.01), "quadratic_init must be"),
+    ],
+)
+def test_bad_icnn_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ICNN(3, 4, 1, alpha=0.1, **kwargs)
+
+
+def test_a_lift_narrower_than_the_latent_or_an_unknown_lift_is_refused():
+    from lidvae_nb.icnn import LearnedLift
+
+    with pytest.raises(ValueError, match="k must be <= d"):
+        LearnedLift(5, 4)
+    with pytest.raises(ValueError, match="s_min"):
+        LearnedLift(2, 4, s_min=0.0)
+    with pytest.raises(ValueError, match="lift must be one of"):
+        InjectiveDecoder(2, 4, lift="dense")

@@ -198,3 +198,45 @@ def test_pairwise_mcc_and_bad_input():
         metrics.mean_correlation_coefficient(z[:, 0], z)
     with pytest.raises(ValueError, match="at least 2 representations, got 1"):
         metrics.pairwise_mcc([z])
+
+
+def test_majority_accuracy_lets_clusters_share_a_label_and_bounds_the_hungarian_one():
+    labels = [0, 0, 0, 1, 1, 1, 2, 2]
+    clusters = [5, 5, 7, 7, 7, 7, 7, 9]  # cluster 7 is mostly label 1; 5 -> 0; 9 -> 2
+    assert metrics.majority_accuracy(labels, clusters) == pytest.approx(6 / 8)
+    assert metrics.cluster_accuracy(labels, clusters) == pytest.approx(6 / 8)
+    one = [3] * 8  # everything in one cluster: the majority label's share
+    assert metrics.majority_accuracy(labels, one) == pytest.approx(3 / 8)
+    two_for_one = [0, 0, 0, 1, 1, 1, 0, 0]
+    assert metrics.majority_accuracy([0, 0, 0, 0, 0, 0, 1, 1], two_for_one) == pytest.approx(6 / 8)
+    with pytest.raises(ValueError, match="equal length"):
+        metrics.majority_accuracy([0, 1], [0])
+
+
+def test_learning_curve_point_on_a_model_with_a_known_likelihood():
+    from lidvae_nb.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = LinearGaussian(k=2, s=1.0)
+    model.loss = lambda x: _exact_loss(model, x)
+    x = torch.randn(40, 2) * math.sqrt(2.0)
+    point = metrics.learning_curve_point(model, x, bound_samples=4, iwae_samples=30)
+    exact = float(D.Independent(D.Normal(torch.zeros(2), math.sqrt(2.0)), 1).log_prob(x).mean())
+    # q is the exact posterior: the ELBO, the reference bound and the IWAE all equal log p(x)
+    for key in ("elbo", "ref_bound", "iwae"):
+        assert point[key] == pytest.approx(exact, abs=1e-4)
+    cfg = ModelConfig(data_dim=3, latent_dim=2, hidden=8, n_clusters=3)
+    gm = build_model("gmvae", cfg).eval()
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    point = metrics.learning_curve_point(gm, torch.randn(8, 3), labels, bound_samples=5)
+    assert point["acc_majority"] >= point["acc_hungarian"]
+    assert point["kl_term"] == pytest.approx(point["kl_y"] + point["kl_z"], rel=1e-5)
+    assert point["ref_bound"] >= point["elbo"] - 50  # a log-mean-exp over draws of the mean ELBO
+
+
+def _exact_loss(model, x):
+    q = model.encode(x)
+    z = q.rsample()
+    rec = -model.log_likelihood(x, z)
+    kl = q.log_prob(z) - model.prior().log_prob(z)
+    return {"loss": (rec + kl).mean(), "rec": rec, "kl_term": kl}

@@ -1,5 +1,7 @@
 """Models: shapes, ELBO pieces against direct computations, injectivity, save/load."""
 
+import math
+
 import pytest
 import torch
 from torch import distributions as D
@@ -49,7 +51,9 @@ def test_gmvae_elbo_is_a_lower_bound_with_y_summed_exactly(name):
     torch.manual_seed(0)
     model = build_model(name, cfg())
     with torch.no_grad():
-        elbo = -torch.stack([model.loss(X)["rec"] + model.loss(X)["kl_term"] for _ in range(50)]).mean(0)
+        elbo = -torch.stack(
+            [model.loss(X)["rec"] + model.loss(X)["kl_term"] for _ in range(50)]
+        ).mean(0)
         ll = metrics.iwae_log_likelihood(model, X, n_samples=2000)
     assert torch.all(elbo <= ll + 0.05)
 
@@ -223,3 +227,67 @@ def test_vade_pretraining_copies_the_autoencoder_and_fits_the_prior():
     probs = model.cluster_probs(x).argmax(1)
     assert metrics.cluster_accuracy([0] * 60 + [1] * 60, probs.tolist()) == 1.0
     assert torch.isfinite(codes).all()
+
+
+@pytest.mark.parametrize("dim", [2, 3, 5])
+@pytest.mark.parametrize("shift_only", [False, True])
+def test_coupling_layers_invert_and_have_the_autograd_log_determinant(dim, shift_only):
+    from lidvae_nb.models import AffineCoupling
+
+    torch.manual_seed(dim)
+    layers = [AffineCoupling(dim, 8, flip=bool(i % 2), shift_only=shift_only) for i in range(3)]
+    for layer in layers:
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+    z = torch.randn(6, dim, dtype=torch.float64)
+    for layer in layers:
+        layer.double()
+        y = layer(z)
+        torch.testing.assert_close(layer.inv(y), z)
+        jac = torch.stack([torch.autograd.functional.jacobian(layer, zi) for zi in z])
+        logdet = torch.linalg.slogdet(jac)[1]
+        torch.testing.assert_close(layer.log_abs_det_jacobian(z, y), logdet)
+        if shift_only:
+            assert logdet.abs().max() < 1e-12
+        assert (y - z).abs().max() > 1e-3  # the layer changed something
+        z = y
+
+
+def test_flows_work_for_an_odd_latent_dimension():
+    cfg = ModelConfig(data_dim=4, latent_dim=3, hidden=8, n_clusters=2, flow_layers=2)
+    for name in ("vae", "gmvae", "lidvae"):
+        out = build_model(name, cfg).loss(torch.randn(5, 4))
+        assert torch.isfinite(out["loss"])
+
+
+def test_mixture_kl_term_is_kl_y_plus_kl_z():
+    cfg = ModelConfig(data_dim=4, latent_dim=2, hidden=8, n_clusters=3)
+    torch.manual_seed(0)
+    out = build_model("gmvae", cfg).loss(torch.randn(7, 4))
+    torch.testing.assert_close(out["kl_term"], out["kl_y"] + out["kl_z"])
+    assert (out["kl_y"] >= -1e-6).all() and float(out["kl_y"].max()) <= math.log(3) + 1e-6
+
+
+def test_prior_mean_scale_sets_the_spread_of_the_learned_means():
+    torch.manual_seed(0)
+    cfg = ModelConfig(data_dim=4, latent_dim=50, n_clusters=40, prior_mean_scale=0.16)
+    sd = float(build_model("gmvae", cfg).prior_means.detach().std())
+    assert 0.14 < sd < 0.18
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(lift="dense"), "lift must be one of"),
+        (dict(icnn_weights="clamp"), "icnn_weights must be one of"),
+        (dict(flow_hidden=-1), "flow_hidden"),
+        (dict(flow_layers=1, latent_dim=1), "latent_dim >= 2"),
+        (dict(icnn_alpha=0.5, icnn_quadratic_init=0.1), "icnn_quadratic_init must be >="),
+        (dict(prior_mean_scale=0.0), "prior_mean_scale"),
+        (dict(flow_shift_only=1), "flow_shift_only"),
+    ],
+)
+def test_bad_decoder_and_flow_settings_are_named(changes, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(data_dim=4, **changes)

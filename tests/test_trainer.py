@@ -172,3 +172,91 @@ def test_svi_refinement_settings_are_checked_by_name():
             svi_refine(model, XV, **settings)
         with pytest.raises(ValueError, match=name):
             SemiAmortized(model, **settings)
+
+
+def test_rmsprop_from_ones_takes_tensorflow_1s_first_step():
+    # TF1's RMSProp: ms = 0.9 * 1 + 0.1 g^2, step = lr * g / sqrt(ms) (momentum 0 here).
+    model = small()
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = config(
+        optimizer="rmsprop",
+        rmsprop_alpha=0.9,
+        rmsprop_init=1.0,
+        rmsprop_eps=1e-10,
+        lr=0.01,
+        grad_clip=None,
+        epochs=1,
+        batch_size=60,
+    )
+    trainer = Trainer(model, cfg)
+    torch.manual_seed(123)
+    out = model.loss(X)
+    grads = torch.autograd.grad(out["loss"], list(model.parameters()))
+    torch.manual_seed(123)
+    trainer._plain_step(X, 1.0)
+    for p, p0, g in zip(model.parameters(), before, grads, strict=True):
+        expected = p0 - 0.01 * g / (0.9 + 0.1 * g * g).sqrt()
+        torch.testing.assert_close(p.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_summed_reduction_scales_the_gradient_by_the_batch():
+    grads = {}
+    for reduction in ("mean", "sum"):
+        model = small()
+        trainer = Trainer(model, config(optimizer="rmsprop", grad_clip=None, reduction=reduction))
+        torch.manual_seed(5)
+        trainer._plain_step(X, 1.0)
+        grads[reduction] = torch.cat([p.grad.ravel() for p in model.parameters()])
+    torch.testing.assert_close(grads["sum"], grads["mean"] * len(X), rtol=1e-4, atol=1e-3)
+
+
+def test_lagging_keeps_both_optimisers_after_the_aggressive_phase():
+    model = small()
+    trainer = Trainer(model, config(scheme="lagging", optimizer="rmsprop", lagging_max_inner=3))
+    trainer.fit(X, XV)
+    trainer.aggressive = False
+    enc_step = trainer.enc_opt.state[next(iter(trainer.enc_opt.state))]["step"].item()
+    trainer._lagging_step(X, 1.0, None)
+    assert trainer.enc_opt.state[next(iter(trainer.enc_opt.state))]["step"].item() == enc_step + 1
+    assert len(trainer.opt.state) == 0  # the joint optimiser is never used by this scheme
+
+
+def test_the_monitor_runs_before_training_and_after_every_epoch():
+    calls = []
+
+    def monitor(model):
+        calls.append(model.training)
+        return {"probe": float(len(calls))}
+
+    history = Trainer(small(), config(epochs=3)).fit(X, None, monitor)
+    assert [h["step"] for h in history][0] == 0 and [h.get("probe") for h in history] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert calls == [False] * 4  # evaluated in eval mode
+
+
+def test_mixture_models_log_both_kl_terms():
+    history = Trainer(small("gmvae"), config(epochs=1)).fit(X, XV)
+    rec = history[-1]
+    for split in ("train", "val"):
+        assert math.isclose(
+            rec[f"{split}_kl_term"], rec[f"{split}_kl_y"] + rec[f"{split}_kl_z"], rel_tol=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(reduction="max"), "reduction must be one of"),
+        (dict(optimizer="rmsprop", momentum=1.0), "momentum must be in"),
+        (dict(optimizer="rmsprop", rmsprop_alpha=1.0), "rmsprop_alpha"),
+        (dict(optimizer="adam", momentum=0.5), "RMSprop settings"),
+        (dict(optimizer="rmsprop", rmsprop_init=-1.0), "rmsprop_init"),
+    ],
+)
+def test_bad_optimiser_settings_are_named(changes, match):
+    with pytest.raises(ValueError, match=match):
+        config(**changes)
