@@ -117,3 +117,30 @@ def provenance(config: dict, wall_seconds: float) -> dict:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(wall_seconds, 1),
     }
+
+
+def provenance_summary(results: Sequence[dict]) -> str:
+    """A few lines on where a set of stored results came from (from their ``provenance``): how
+    many runs, the commit(s) and whether any had uncommitted changes, the device(s), the torch and
+    Python versions, the dates they finished between and their summed wall time."""
+    if not results:
+        raise ValueError("no stored results to describe")
+    provs = [r["provenance"] for r in results]
+    commits = sorted({p["commit"][:10] for p in provs})
+    dirty = any(p.get("uncommitted_changes") for p in provs)
+    devices = sorted({p["device"] for p in provs})
+    torches = sorted({p["versions"]["torch"] for p in provs})
+    pythons = sorted({p["versions"]["python"] for p in provs})
+    dates = sorted(p["date"] for p in provs if p.get("date"))
+    hours = sum(p["wall_seconds"] for p in provs) / 3600
+    failed = [r["id"] for r in results if r.get("error")]
+    lines = [
+        f"{len(results)} runs, commit(s) {', '.join(commits)}"
+        + (" (with uncommitted changes)" if dirty else ""),
+        f"device: {'; '.join(devices)}",
+        f"torch {', '.join(torches)}, python {', '.join(pythons)}",
+        (f"finished {dates[0]} to {dates[-1]} (UTC); " if dates else "")
+        + f"{hours:.1f} h of run time in all",
+        f"runs stopped on a non-finite loss: {', '.join(failed) if failed else 'none'}",
+    ]
+    return "\n".join(lines)

@@ -621,3 +621,23 @@ def test_a_claim_that_the_data_contradict_fails_quoting_the_sentence():
         report.claim("A beats B", 1.0 > 2.0, a=1.0, b=2.0)
     with pytest.raises(report.ClaimFailed, match="every seed"):
         report.claim("every seed", np.array([True, False]))
+
+
+def test_provenance_summary_names_commits_devices_dates_and_failures():
+    def rec(i, commit, dirty, error=None):
+        prov = {
+            "commit": commit,
+            "uncommitted_changes": dirty,
+            "device": "x86_64 CPU, 2 cores",
+            "versions": {"torch": "2.13.0", "python": "3.11.7"},
+            "date": f"2026-12-0{i}T10:00:00+00:00",
+            "wall_seconds": 1800.0,
+        }
+        return {"id": f"r{i}", "provenance": prov, "error": error}
+
+    text = report.provenance_summary([rec(1, "a" * 40, False), rec(2, "b" * 40, True, "nan")])
+    assert "2 runs, commit(s) aaaaaaaaaa, bbbbbbbbbb (with uncommitted changes)" in text
+    assert "2026-12-01T10:00:00+00:00 to 2026-12-02T10:00:00+00:00" in text
+    assert "1.0 h of run time" in text and "non-finite loss: r2" in text
+    with pytest.raises(ValueError, match="no stored results"):
+        report.provenance_summary([])
