@@ -87,7 +87,8 @@ class ModelConfig:
     ``icnn_weights`` (``"softplus"`` or ``"projected"``, see :class:`lidvae_nb.icnn.ICNN`),
     ``icnn_alpha`` (the strong-convexity floor), ``icnn_quadratic_init`` (the quadratic
     coefficient's start) and ``data_width`` (the first layer of the data-space ICNN; 0:
-    ``hidden``).
+    ``hidden``). LIDSVAE reads ``icnn_weights``, ``icnn_alpha`` and ``icnn_quadratic_init``; its
+    lift is always the zero-one one.
 
     The text models (:class:`SequentialVAE`, :class:`LIDSVAE`) read ``data_dim`` as the
     vocabulary size V (special tokens included, ``len(vocab)``) and use ``embed_dim`` (word
@@ -844,14 +845,26 @@ class InjectiveSequenceDecoder(_LSTMDecoder):
     z_input = False
 
     def __init__(
-        self, vocab_size, latent_dim, embed_dim, hidden, layers, n_out, width, depth, alpha
+        self,
+        vocab_size,
+        latent_dim,
+        embed_dim,
+        hidden,
+        layers,
+        n_out,
+        width,
+        depth,
+        alpha,
+        weights: str = "softplus",
+        quadratic_init: float = 1.0,
     ):
         from lidvae_nb.icnn import BrenierMap, ZeroOneLift
 
         super().__init__(vocab_size, latent_dim, embed_dim, hidden, layers)
-        self.g1 = BrenierMap(latent_dim + hidden, width, depth, alpha=alpha)
+        icnn = {"alpha": alpha, "weights": weights, "quadratic_init": quadratic_init}
+        self.g1 = BrenierMap(latent_dim + hidden, width, depth, **icnn)
         self.lift = ZeroOneLift(latent_dim + hidden, n_out)
-        self.g2 = BrenierMap(n_out, width, depth, alpha=alpha)
+        self.g2 = BrenierMap(n_out, width, depth, **icnn)
 
     def logits(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Free logits ``g2(beta2^T g1([z, h]))``, (M, n_out), from h (M, H) and z (M, K)."""
@@ -1099,6 +1112,8 @@ class LIDSVAE(_SequenceVAE):
             width=cfg.hidden,
             depth=cfg.decoder_depth,
             alpha=cfg.icnn_alpha,
+            weights=cfg.icnn_weights,
+            quadratic_init=cfg.icnn_quadratic_init,
         )
 
 

@@ -390,3 +390,22 @@ def test_bad_text_configurations_are_rejected():
     with pytest.raises(ValueError, match="model must be one of .*'lidsvae'.*got 'lstm'"):
         tiny("lstm")
     assert isinstance(tiny("lidsvae"), LIDSVAE) and LIDSVAE.injective
+
+
+def test_lidsvae_takes_the_icnn_weight_parametrisation_and_quadratic_start():
+    from lidvae_nb.models import ModelConfig, build_model
+
+    cfg = ModelConfig(
+        data_dim=30,
+        latent_dim=2,
+        hidden=8,
+        lstm_hidden=6,
+        embed_dim=5,
+        icnn_weights="projected",
+        icnn_alpha=0.01,
+        icnn_quadratic_init=0.01,
+    )
+    model = build_model("lidsvae", cfg)
+    for g in (model.decoder.g1, model.decoder.g2):
+        assert g.potential_net.weights == "projected"
+        assert abs(float(g.potential_net.quadratic_coefficient()) - 0.011) < 1e-4
