@@ -108,6 +108,25 @@ REFERENCE_SETTINGS = {
     "reduction": "sum",
     "grad_clip": 5.0,
 }
+#: What a stored spec that lacks one of these fields ran with: the behaviour of the code before
+#: the field existed (:meth:`RunSpec.from_stored`). A default that changes later never relabels
+#: an old result.
+STORED_DEFAULTS = {
+    "lift": "zero_one",
+    "icnn_weights": "softplus",
+    "icnn_alpha": 0.1,
+    "icnn_quadratic_init": 1.0,
+    "data_width": 0,
+    "flow_hidden": 0,
+    "flow_shift_only": False,
+    "prior_mean_scale": 2.0,
+    "momentum": 0.0,
+    "rmsprop_alpha": 0.99,
+    "rmsprop_eps": 1e-8,
+    "rmsprop_init": 0.0,
+    "reduction": "mean",
+    "monitor_images": 0,
+}
 #: Spec fields that do not change a run's result (a stored result is reused whatever they are).
 _NOT_RESULT_FIELDS = ("verify",)
 #: Spec fields that may grow between an interrupted run and its continuation.
@@ -288,6 +307,12 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_stored(cls, values: dict) -> RunSpec:
+        """The spec of a stored result: a field it lacks (it was stored before the field existed)
+        takes the value the code had then (:data:`STORED_DEFAULTS`), not today's default."""
+        return cls.from_dict({**STORED_DEFAULTS, **values})
 
     @classmethod
     def from_dict(cls, values: dict) -> RunSpec:
@@ -687,7 +712,7 @@ def _generator(seed: int) -> torch.Generator:
 
 def _comparable(spec: dict, ignore=()) -> dict:
     # Through RunSpec: a spec stored before a field was added reads as that field's default.
-    spec = RunSpec.from_dict(spec).to_dict()
+    spec = RunSpec.from_stored(spec).to_dict()
     return {k: v for k, v in spec.items() if k not in _NOT_RESULT_FIELDS and k not in ignore}
 
 
@@ -919,7 +944,7 @@ def load_model(spec, out_dir, device=None):
     mode (for analyses beyond the metrics the run stored). A text run's vocabulary is
     ``Vocabulary.load(out_dir / run_id / "vocab.json")``."""
     if not isinstance(spec, RunSpec):
-        spec = RunSpec.from_dict(dict(spec))
+        spec = RunSpec.from_stored(dict(spec))
     run_dir = Path(out_dir) / spec.run_id
     if not (run_dir / Trainer.CHECKPOINT).exists():
         raise FileNotFoundError(
@@ -952,7 +977,7 @@ def label_posteriors(
     n_samples = check_count("n_samples", n_samples)
     out, loaded = [], {}
     for record in results:
-        spec = RunSpec.from_dict(record["spec"])
+        spec = RunSpec.from_stored(record["spec"])
         if spec.model_name not in ("gmvae", "lidgmvae") or record.get("error"):
             continue
         # Runs that differ only in method, depth or seed share their images: read them once.

@@ -641,3 +641,12 @@ def test_provenance_summary_names_commits_devices_dates_and_failures():
     assert "1.0 h of run time" in text and "non-finite loss: r2" in text
     with pytest.raises(ValueError, match="no stored results"):
         report.provenance_summary([])
+
+
+def test_a_stored_spec_without_a_later_field_reads_as_the_code_ran_then(monkeypatch):
+    monkeypatch.setitem(experiments.STORED_DEFAULTS, "icnn_weights", "projected")
+    stored = {"dataset": "mnist", "method": "lidvae"}
+    assert RunSpec.from_stored(stored).icnn_weights == "projected"
+    assert RunSpec.from_dict(stored).icnn_weights == RunSpec().icnn_weights
+    assert RunSpec.from_stored({**stored, "icnn_weights": "softplus"}).icnn_weights == "softplus"
+    assert set(experiments.STORED_DEFAULTS) <= set(RunSpec().keys())
