@@ -33,6 +33,7 @@ spec, training history, provenance) and keeps its checkpoint and per-epoch log i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -701,6 +702,84 @@ def true_model_report(
     return report
 
 
+class RunLocked(RuntimeError):
+    """The run is being trained by another live process (its lock is held)."""
+
+
+#: A lock left by a process on another machine counts as abandoned after this many seconds (no
+#: run of the stored grids takes this long; a lock of this machine is judged by its process).
+LOCK_STALE_SECONDS = 6 * 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def read_lock(run_dir) -> dict | None:
+    """The holder of a run's lock (``pid``, ``host``, ``started``, ``stale``), or None."""
+    import socket
+
+    path = Path(run_dir) / "lock"
+    try:
+        holder = json.loads(path.read_text())
+        pid, host, started = int(holder["pid"]), str(holder["host"]), float(holder["started"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):  # half-written or foreign
+        return {"pid": None, "host": None, "started": path.stat().st_mtime, "stale": True}
+    if host == socket.gethostname():
+        stale = not _pid_alive(pid)
+    else:
+        stale = time.time() - started > LOCK_STALE_SECONDS
+    return {"pid": pid, "host": host, "started": started, "stale": stale}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold ``run_dir/lock`` while the block runs; :class:`RunLocked` if a live process holds it.
+
+    The lock file is created exclusively and names its process and machine. A lock whose
+    process is dead (same machine) or that is older than :data:`LOCK_STALE_SECONDS` (another
+    machine) is stale: it is removed and taken, so a killed worker never blocks a run for good.
+    """
+    import socket
+
+    path = Path(run_dir) / "lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = read_lock(run_dir)
+            if holder is None or holder["stale"]:
+                path.unlink(missing_ok=True)
+                continue
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder["started"]))
+            raise RunLocked(
+                f"run {Path(run_dir).name} is being trained by process {holder['pid']} on "
+                f"{holder['host']} since {since} UTC (lock {path}); it is left to that process"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise RunLocked(f"could not take the lock {path}: other processes keep taking it")
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+
+
 def _perplexity(log_likelihood: float, n_docs: int, tokens: int) -> float:
     """exp(-log-likelihood per predicted token), from the mean log-likelihood per document."""
     return math.exp(-log_likelihood * n_docs / tokens)
@@ -764,80 +843,87 @@ def run_one(spec: RunSpec, out_dir, data_root=None, device=None, progress: bool 
             )
     run_dir = out_dir / spec.run_id
     run_dir.mkdir(exist_ok=True)
-    spec_path = run_dir / "spec.json"
-    if spec_path.exists():
-        saved = json.loads(spec_path.read_text())
-        changed = _differences(
-            _comparable(saved, _RESUMABLE_FIELDS), _comparable(spec_dict, _RESUMABLE_FIELDS)
-        )
-        if changed:
-            raise ValueError(
-                f"the checkpoint in {run_dir} was written with other settings ({changed} "
-                "differ); give this run another tag or out_dir, or delete that folder"
+    with run_lock(run_dir):
+        if result_path.exists():  # another worker may have finished it meanwhile
+            stored = json.loads(result_path.read_text())
+            if _comparable(stored["spec"]) == _comparable(spec_dict):
+                return stored
+        spec_path = run_dir / "spec.json"
+        if spec_path.exists():
+            saved = json.loads(spec_path.read_text())
+            changed = _differences(
+                _comparable(saved, _RESUMABLE_FIELDS), _comparable(spec_dict, _RESUMABLE_FIELDS)
             )
-    _write_json(spec_path, spec_dict)
+            if changed:
+                raise ValueError(
+                    f"the checkpoint in {run_dir} was written with other settings ({changed} "
+                    "differ); give this run another tag or out_dir, or delete that folder"
+                )
+        _write_json(spec_path, spec_dict)
 
-    start = time.perf_counter()
-    sets = load_data(spec, data_root)
-    vocab = sets.get("vocab")
-    if vocab is not None:
-        vocab.save(run_dir / "vocab.json")
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model_name, spec.model_config(None if vocab is None else len(vocab)))
-    trainer = Trainer(
-        model,
-        spec.train_config(checkpoint_dir=run_dir, device=device, progress=progress),
-        batch_transform=None if spec.is_text else _data.binarize,
-    )
-    resumed_from = trainer.epoch
-    if resumed_from > spec.epochs:
-        raise ValueError(
-            f"the checkpoint in {run_dir} has {resumed_from} epochs, more than epochs = "
-            f"{spec.epochs}"
+        start = time.perf_counter()
+        sets = load_data(spec, data_root)
+        vocab = sets.get("vocab")
+        if vocab is not None:
+            vocab.save(run_dir / "vocab.json")
+        torch.manual_seed(spec.seed)
+        model = build_model(
+            spec.model_name, spec.model_config(None if vocab is None else len(vocab))
         )
-    val = sets["val"]
-    error, metrics = None, {}
-    monitor = None
-    if spec.monitor_images:
-        monitor = _monitor(spec, sets, trainer.device)
-    try:
-        trainer.fit(sets["train"], None if val is None else val.to(trainer.device), monitor)
-    except FloatingPointError as err:  # the trainer's stop on a non-finite loss
-        error = str(err)
-    if error is None:
-        labels = sets["test_labels"]
-        metrics = collapse_report(
-            trainer.inference_model(),  # SA-VAE: q(z | x) refined as in training
-            sets["test"].to(trainer.device),
-            iwae_samples=spec.iwae_samples,
-            labels=None if labels is None else labels.numpy(),
+        trainer = Trainer(
+            model,
+            spec.train_config(checkpoint_dir=run_dir, device=device, progress=progress),
+            batch_transform=None if spec.is_text else _data.binarize,
         )
-        if spec.is_text and "log_likelihood" in metrics:
-            metrics["perplexity"] = _perplexity(
-                metrics["log_likelihood"], len(sets["test"]), sets["test_tokens"]
+        resumed_from = trainer.epoch
+        if resumed_from > spec.epochs:
+            raise ValueError(
+                f"the checkpoint in {run_dir} has {resumed_from} epochs, more than epochs = "
+                f"{spec.epochs}"
             )
-    prov = provenance(spec_dict, time.perf_counter() - start)
-    prov["epochs"] = trainer.epoch
-    record = {
-        "id": spec.run_id,
-        "spec": spec_dict,
-        "metrics": metrics,
-        "error": error,
-        "epochs": trainer.epoch,
-        "resumed_from_epoch": resumed_from,
-        "n_images": {
-            "train": len(sets["train"]),
-            "val": 0 if val is None else len(val),
-            "test": len(sets["test"]),
-        },
-        "history": trainer.history,
-        "provenance": prov,
-    }
-    if vocab is not None:
-        record["vocab_size"] = len(vocab)
-        record["test_tokens"] = sets["test_tokens"]
-    _write_json(result_path, record)
-    return json.loads(result_path.read_text())
+        val = sets["val"]
+        error, metrics = None, {}
+        monitor = None
+        if spec.monitor_images:
+            monitor = _monitor(spec, sets, trainer.device)
+        try:
+            trainer.fit(sets["train"], None if val is None else val.to(trainer.device), monitor)
+        except FloatingPointError as err:  # the trainer's stop on a non-finite loss
+            error = str(err)
+        if error is None:
+            labels = sets["test_labels"]
+            metrics = collapse_report(
+                trainer.inference_model(),  # SA-VAE: q(z | x) refined as in training
+                sets["test"].to(trainer.device),
+                iwae_samples=spec.iwae_samples,
+                labels=None if labels is None else labels.numpy(),
+            )
+            if spec.is_text and "log_likelihood" in metrics:
+                metrics["perplexity"] = _perplexity(
+                    metrics["log_likelihood"], len(sets["test"]), sets["test_tokens"]
+                )
+        prov = provenance(spec_dict, time.perf_counter() - start)
+        prov["epochs"] = trainer.epoch
+        record = {
+            "id": spec.run_id,
+            "spec": spec_dict,
+            "metrics": metrics,
+            "error": error,
+            "epochs": trainer.epoch,
+            "resumed_from_epoch": resumed_from,
+            "n_images": {
+                "train": len(sets["train"]),
+                "val": 0 if val is None else len(val),
+                "test": len(sets["test"]),
+            },
+            "history": trainer.history,
+            "provenance": prov,
+        }
+        if vocab is not None:
+            record["vocab_size"] = len(vocab)
+            record["test_tokens"] = sets["test_tokens"]
+        _write_json(result_path, record)
+        return json.loads(result_path.read_text())
 
 
 # --- grids of runs ------------------------------------------------------------------------------
@@ -867,10 +953,14 @@ def _monitor(spec: RunSpec, sets: dict, device):
     return monitor
 
 
-def _run_job(spec: RunSpec, out_dir: str, data_root, device, threads: int | None) -> dict:
+def _run_job(spec: RunSpec, out_dir: str, data_root, device, threads: int | None) -> dict | None:
     if threads is not None:
         torch.set_num_threads(threads)
-    return run_one(spec, out_dir, data_root=data_root, device=device)
+    try:
+        return run_one(spec, out_dir, data_root=data_root, device=device)
+    except RunLocked as err:
+        print(f"skipped: {err}", flush=True)
+        return None
 
 
 def run_grid(
@@ -886,7 +976,10 @@ def run_grid(
 
     ``workers`` > 1 runs them in that many processes (spawn context, one thread each); 1 runs
     them here, one after the other. Runs already stored in ``out_dir`` are skipped, and
-    interrupted ones resume, so a grid can be restarted as it is.
+    interrupted ones resume, so a grid can be restarted as it is. A run that another live
+    process is training (its lock is held, :func:`run_lock`) is skipped with a message and left
+    out of the returned list, so several workers, or machines sharing ``out_dir``, can work
+    through one grid.
 
     ``executor``, if given, replaces the process pool: any object whose ``submit(fn, *args)``
     returns a future with ``result()``, such as a ``concurrent.futures`` executor or a
@@ -909,14 +1002,14 @@ def run_grid(
             for spec in specs:
                 out.append(_run_job(spec, out_dir, root, device, None))
                 bar.update(1)
-            return out
+            return [r for r in out if r is not None]
         if executor is not None:
             futures = [executor.submit(_run_job, s, out_dir, root, device, None) for s in specs]
             out = []
             for f in futures:
                 out.append(f.result())
                 bar.update(1)
-            return out
+            return [r for r in out if r is not None]
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
@@ -924,9 +1017,80 @@ def run_grid(
             futures = [pool.submit(_run_job, s, out_dir, root, device, 1) for s in specs]
             for f in futures:
                 f.add_done_callback(lambda _: bar.update(1))
-            return [f.result() for f in futures]
+            return [r for r in (f.result() for f in futures) if r is not None]
     finally:
         bar.close()
+
+
+def grid_status(specs, out_dir, workers: int = 1) -> dict:
+    """Where a grid stands in ``out_dir``: each run ``done`` (its result is stored), ``running``
+    (a live process holds its lock), ``partial`` (a checkpoint is there, nobody runs it) or
+    ``left``, with the epochs each has (from its log), and an estimate of the time left.
+
+    The estimate takes, for each unfinished run, the mean wall time of the finished runs of the
+    same data set, method and depth (or of all finished runs when there are none), times the
+    share of its epochs still to train, summed and divided by ``workers``. Returns ``{"runs":
+    [{"id", "state", "epochs_done", "epochs"}], "counts": {state: n}, "seconds_left": float or
+    None}`` (None when nothing has finished to estimate from).
+    """
+    specs = [s if isinstance(s, RunSpec) else RunSpec.from_dict(dict(s)) for s in specs]
+    workers = check_count("workers", workers)
+    out_dir = Path(out_dir)
+    runs, walls = [], {}
+    for spec in specs:
+        result_path = out_dir / f"{spec.run_id}.json"
+        run_dir = out_dir / spec.run_id
+        log = run_dir / Trainer.LOG
+        done_epochs = len(log.read_text().splitlines()) if log.exists() else 0
+        state = "left"
+        if result_path.exists():
+            stored = json.loads(result_path.read_text())
+            if _comparable(stored["spec"]) == _comparable(spec.to_dict()):
+                state, done_epochs = "done", spec.epochs
+                wall = stored["provenance"]["wall_seconds"]
+                walls.setdefault((spec.dataset, spec.method, spec.depth), []).append(wall)
+        if state != "done":
+            holder = read_lock(run_dir)
+            if holder is not None and not holder["stale"]:
+                state = "running"
+            elif (run_dir / Trainer.CHECKPOINT).exists():
+                state = "partial"
+        runs.append(
+            {"id": spec.run_id, "state": state, "epochs_done": done_epochs, "epochs": spec.epochs}
+        )
+    every = [w for ws in walls.values() for w in ws]
+    seconds = None
+    if every:
+        seconds = 0.0
+        for spec, run in zip(specs, runs, strict=True):
+            if run["state"] == "done":
+                continue
+            same = walls.get((spec.dataset, spec.method, spec.depth), every)
+            seconds += (
+                sum(same) / len(same) * (1 - min(run["epochs_done"], spec.epochs) / spec.epochs)
+            )
+        seconds /= workers
+    counts = {
+        state: sum(r["state"] == state for r in runs)
+        for state in ("done", "running", "partial", "left")
+    }
+    return {"runs": runs, "counts": counts, "seconds_left": seconds}
+
+
+def format_grid_status(status: dict) -> str:
+    """:func:`grid_status` as the lines ``--status`` prints."""
+    lines = [
+        f"{r['state']:8s} {r['epochs_done']:>4d}/{r['epochs']:<4d} {r['id']}"
+        for r in status["runs"]
+    ]
+    counts = ", ".join(f"{n} {state}" for state, n in status["counts"].items())
+    left = status["seconds_left"]
+    eta = (
+        "unknown (no finished run to estimate from)"
+        if left is None
+        else f"about {left / 3600:.1f} h"
+    )
+    return "\n".join(lines + [f"{len(status['runs'])} runs: {counts}; time left {eta}"])
 
 
 def collect(out_dir) -> list[dict]:
@@ -1140,8 +1304,17 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--true-steps", type=int, default=3000, help="encoder steps for that")
     parser.add_argument("--true-pairs", type=int, default=50_000, help="pairs drawn for that")
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="print where the grid stands in --out (done, running, partial, left; time left "
+        "for --workers processes) and run nothing",
+    )
     args = parser.parse_args(argv)
     specs = load_grid(args.grid)
+    if args.status:
+        print(format_grid_status(grid_status(specs, args.out, workers=args.workers)))
+        return
     start = time.perf_counter()
     results = run_grid(
         specs, args.out, workers=args.workers, data_root=args.data_root, device=args.device

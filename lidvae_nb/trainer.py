@@ -241,6 +241,7 @@ class Trainer:
     """
 
     CHECKPOINT = "checkpoint.pt"
+    PREVIOUS = "checkpoint.prev.pt"
     LOG = "log.jsonl"
 
     def __init__(
@@ -266,8 +267,7 @@ class Trainer:
         self.dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            if (self.dir / self.CHECKPOINT).exists():
-                self._load(self.dir / self.CHECKPOINT)
+            self._resume()
 
     # --- set-up -------------------------------------------------------------------------------
     def _optimizer(self, params):
@@ -317,15 +317,53 @@ class Trainer:
         return state
 
     def save(self, path: Path | None = None) -> Path:
-        """Write a checkpoint atomically (temporary file, then rename)."""
-        path = Path(path) if path is not None else self.dir / self.CHECKPOINT
+        """Write a checkpoint atomically (temporary file, then rename). In the run's folder the
+        checkpoint it replaces is kept as ``checkpoint.prev.pt``, to fall back on."""
+        default = path is None
+        path = self.dir / self.CHECKPOINT if default else Path(path)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(self._state(), tmp)
+        if default and path.exists():
+            os.replace(path, self.dir / self.PREVIOUS)
         os.replace(tmp, path)
         return path
 
-    def _load(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+    def _resume(self) -> None:
+        """Load the newest readable checkpoint of the run's folder. An unreadable one (truncated
+        by a kill mid-write on a file system without atomic renames, or corrupted) is moved
+        aside as ``*.corrupt`` with a warning that names it, and the previous checkpoint, or
+        else a fresh start, takes its place; the per-epoch log is rewritten to match."""
+        import warnings
+
+        for name in (self.CHECKPOINT, self.PREVIOUS):
+            path = self.dir / name
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location=self.device, weights_only=True)
+                if not isinstance(state, dict) or "model" not in state or "config" not in state:
+                    raise ValueError("not a checkpoint of this trainer")
+            except Exception as err:  # noqa: BLE001 - any unreadable file is treated alike
+                aside = path.with_name(path.name + ".corrupt")
+                os.replace(path, aside)
+                fallback = name == self.CHECKPOINT and (self.dir / self.PREVIOUS).exists()
+                reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+                warnings.warn(
+                    f"checkpoint {path} is unreadable ({type(err).__name__}: {reason}); moved to "
+                    f"{aside.name}, falling back to "
+                    + ("the previous checkpoint" if fallback else "a fresh start"),
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            self._load_state(state, path)
+            break
+        log = self.dir / self.LOG
+        if log.exists() or self.history:
+            lines = [json.dumps(r) for r in self.history if r.get("epoch", 0) > 0]
+            log.write_text("".join(line + "\n" for line in lines))
+
+    def _load_state(self, state: dict, path: Path) -> None:
         saved = state["config"]
         for key in ("scheme", "batch_size", "seed"):
             if saved.get(key) != getattr(self.cfg, key):

@@ -3,6 +3,8 @@
 import gzip
 import json
 import math
+import os
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -650,3 +652,78 @@ def test_a_stored_spec_without_a_later_field_reads_as_the_code_ran_then(monkeypa
     assert RunSpec.from_dict(stored).icnn_weights == RunSpec().icnn_weights
     assert RunSpec.from_stored({**stored, "icnn_weights": "softplus"}).icnn_weights == "softplus"
     assert set(experiments.STORED_DEFAULTS) <= set(RunSpec().keys())
+
+
+# --- locks, and where a grid stands -------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_held_lock_keeps_a_second_worker_off_the_run(root, tmp_path):
+    spec = tiny()
+    run_dir = tmp_path / spec.run_id
+    run_dir.mkdir(parents=True)
+    with experiments.run_lock(run_dir):
+        holder = experiments.read_lock(run_dir)
+        assert holder["pid"] == os.getpid() and not holder["stale"]
+        with pytest.raises(experiments.RunLocked, match=f"process {os.getpid()}"):
+            run_one(spec, tmp_path, data_root=root)
+        assert run_grid([spec], tmp_path, data_root=root, progress=False) == []  # skipped
+        status = experiments.grid_status([spec], tmp_path)
+        assert status["runs"][0]["state"] == "running"
+    assert not (run_dir / "lock").exists()  # released
+    assert run_one(spec, tmp_path, data_root=root)["error"] is None
+
+
+def test_the_stale_lock_of_a_dead_process_is_taken_over(root, tmp_path):
+    import socket
+
+    spec = tiny()
+    run_dir = tmp_path / spec.run_id
+    run_dir.mkdir(parents=True)
+    lock = {"pid": _dead_pid(), "host": socket.gethostname(), "started": time.time()}
+    (run_dir / "lock").write_text(json.dumps(lock))
+    assert experiments.read_lock(run_dir)["stale"]
+    assert experiments.grid_status([spec], tmp_path)["runs"][0]["state"] == "left"
+    assert run_one(spec, tmp_path, data_root=root)["error"] is None
+    # a lock from another machine is stale only after LOCK_STALE_SECONDS
+    other = {"pid": 1, "host": "elsewhere", "started": time.time() - 60}
+    (run_dir / "lock").write_text(json.dumps(other))
+    assert not experiments.read_lock(run_dir)["stale"]
+    other["started"] = time.time() - experiments.LOCK_STALE_SECONDS - 1
+    (run_dir / "lock").write_text(json.dumps(other))
+    assert experiments.read_lock(run_dir)["stale"]
+
+
+def test_grid_status_counts_states_and_estimates_the_time_left(root, tmp_path):
+    specs = [tiny(seed=0, epochs=2), tiny(seed=1, epochs=2), tiny(seed=2, epochs=2)]
+    empty = experiments.grid_status(specs, tmp_path)
+    assert empty["counts"]["left"] == 3 and empty["seconds_left"] is None
+    done = run_one(specs[0], tmp_path, data_root=root)
+    run_dir = tmp_path / specs[1].run_id  # a run stopped after one of its two epochs
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "log.jsonl").write_text('{"epoch": 1}\n')
+    status = experiments.grid_status(specs, tmp_path, workers=2)
+    assert status["counts"] == {"done": 1, "running": 0, "partial": 1, "left": 1}
+    wall = done["provenance"]["wall_seconds"]
+    assert status["seconds_left"] == pytest.approx((0.5 * wall + wall) / 2)
+    text = experiments.format_grid_status(status)
+    assert "partial     1/2" in text and "1 done, 0 running, 1 partial, 1 left" in text
+
+
+def test_the_command_line_prints_the_grid_status(root, tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'datasets = ["mnist"]\nmethods = ["vae"]\ndepths = [1]\nseeds = [0]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items() if k != "depth")
+    )
+    experiments.main([str(grid), "--out", str(tmp_path / "out"), "--status"])
+    assert "1 runs: 0 done, 0 running, 0 partial, 1 left" in capsys.readouterr().out

@@ -260,3 +260,28 @@ def test_mixture_models_log_both_kl_terms():
 def test_bad_optimiser_settings_are_named(changes, match):
     with pytest.raises(ValueError, match=match):
         config(**changes)
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path):
+    Trainer(small(), config(epochs=2, checkpoint_dir=str(tmp_path))).fit(X)
+    assert (tmp_path / "checkpoint.prev.pt").exists()
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 3])  # killed mid-write
+    with pytest.warns(RuntimeWarning, match="checkpoint.pt is unreadable.*previous checkpoint"):
+        trainer = Trainer(small(), config(epochs=3, checkpoint_dir=str(tmp_path)))
+    assert trainer.epoch == 1 and (tmp_path / "checkpoint.pt.corrupt").exists()
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1  # the log follows
+    trainer.fit(X)
+    assert trainer.epoch == 3
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").open()] == [1, 2, 3]
+
+
+def test_an_unreadable_checkpoint_without_a_previous_one_restarts_the_run(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "log.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.warns(RuntimeWarning, match="fresh start"):
+        trainer = Trainer(small(), config(checkpoint_dir=str(tmp_path)))
+    assert trainer.epoch == 0 and (tmp_path / "log.jsonl").read_text() == ""
+    restarted = trainer.fit(X)[-1]["train_loss"]
+    fresh = Trainer(small(), config()).fit(X)[-1]["train_loss"]
+    assert restarted == fresh  # the same as a run that never had a checkpoint
