@@ -58,7 +58,7 @@ __all__ = [
 #: The variants every comparison times, in this order.
 VARIANTS = ("vae", "lidvae_autograd", "lidvae_closed_form", "lidvae_closed_form_unfolded")
 
-#: The issue's targets: LIDVAE (closed form) / VAE at most this on CPU ...
+#: The benchmark's targets: LIDVAE (closed form) / VAE at most this on CPU ...
 TARGET_CLOSED_FORM_OVER_VAE = 2.0
 #: ... and the closed form at least this many times faster than autograd.
 TARGET_AUTOGRAD_OVER_CLOSED_FORM = 1.4
