@@ -1122,6 +1122,29 @@ def load_model(spec, out_dir, device=None):
     return trainer.model.eval()
 
 
+def icnn_weight_summary(results, out_dir, device=None) -> list[dict]:
+    """How large the non-negative ICNN weights of stored injective-decoder runs have grown: for
+    each run (its checkpoint in ``out_dir``) and for the same model freshly initialised with the
+    run's seed, the mean of the output weights ``w`` of ``g1`` and ``g2`` (the weights that
+    scale each ICNN's contribution to the map). Returns ``[{"id", "steps", "g1_w", "g2_w",
+    "g1_w_init", "g2_w_init"}]``, runs without an injective decoder left out."""
+    out = []
+    for record in results:
+        spec = RunSpec.from_stored(record["spec"])
+        if spec.model_name not in ("lidvae", "lidgmvae") or record.get("error"):
+            continue
+        model = load_model(spec, out_dir, device=device)
+        torch.manual_seed(spec.seed)
+        fresh = build_model(spec.model_name, spec.model_config())
+        entry = {"id": record["id"], "steps": record["history"][-1]["step"]}
+        for name, m in (("", model), ("_init", fresh)):
+            for g in ("g1", "g2"):
+                w = getattr(m.decoder, g).potential_net.positive_weights()[-1]
+                entry[f"{g}_w{name}"] = float(w.detach().mean())
+        out.append(entry)
+    return out
+
+
 def label_posteriors(
     results, out_dir, n_images: int = 500, n_samples: int = 50, data_root=None, device=None
 ) -> list[dict]:

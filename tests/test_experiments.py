@@ -727,3 +727,15 @@ def test_the_command_line_prints_the_grid_status(root, tmp_path, capsys):
     )
     experiments.main([str(grid), "--out", str(tmp_path / "out"), "--status"])
     assert "1 runs: 0 done, 0 running, 0 partial, 1 left" in capsys.readouterr().out
+
+
+def test_icnn_weight_summary_reads_the_trained_and_the_initial_weights(root, tmp_path):
+    specs = [tiny(method="lidvae", icnn_weights="projected", lr=0.05), tiny(method="vae")]
+    results = run_grid(specs, tmp_path, data_root=root, progress=False)
+    (entry,) = experiments.icnn_weight_summary(results, tmp_path)
+    assert entry["id"] == specs[0].run_id and entry["steps"] == 3
+    torch.manual_seed(specs[0].seed)
+    fresh = experiments.build_model("lidvae", specs[0].model_config())
+    w0 = fresh.decoder.g2.potential_net.positive_weights()[-1].mean().item()
+    assert entry["g2_w_init"] == pytest.approx(w0)
+    assert entry["g2_w"] != pytest.approx(w0)  # training moved it
