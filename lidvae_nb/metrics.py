@@ -162,13 +162,8 @@ def iwae_log_likelihood(
     return torch.cat(out)
 
 
-def cluster_accuracy(labels, clusters) -> float:
-    """Accuracy of cluster assignments after the best one-to-one matching to labels (Hungarian).
-
-    Works with any number of clusters and classes; unmatched clusters count as errors.
-    """
-    from scipy.optimize import linear_sum_assignment
-
+def _contingency(labels, clusters) -> np.ndarray:
+    """Counts (clusters x labels) of how often each cluster meets each label."""
     labels = np.asarray(labels).ravel()
     clusters = np.asarray(clusters).ravel()
     if labels.shape != clusters.shape or labels.size == 0:
@@ -180,26 +175,27 @@ def cluster_accuracy(labels, clusters) -> float:
     cluster_ids, cluster_idx = np.unique(clusters, return_inverse=True)
     counts = np.zeros((cluster_ids.size, label_ids.size), dtype=np.int64)
     np.add.at(counts, (cluster_idx, label_idx), 1)
+    return counts
+
+
+def cluster_accuracy(labels, clusters) -> float:
+    """Accuracy of cluster assignments after the best one-to-one matching to labels (Hungarian).
+
+    Works with any number of clusters and classes; unmatched clusters count as errors.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    counts = _contingency(labels, clusters)
     rows, cols = linear_sum_assignment(-counts)
-    return float(counts[rows, cols].sum() / labels.size)
+    return float(counts[rows, cols].sum() / counts.sum())
 
 
 def majority_accuracy(labels, clusters) -> float:
     """Accuracy when each cluster predicts its most frequent label (majority vote), as the original
     LIDVAE code counts it. Several clusters may predict one label, so it is never below
     :func:`cluster_accuracy` (the one-to-one Hungarian matching)."""
-    labels = np.asarray(labels).ravel()
-    clusters = np.asarray(clusters).ravel()
-    if labels.shape != clusters.shape or labels.size == 0:
-        raise ValueError(
-            f"labels and clusters must be non-empty and of equal length, got {labels.shape} and "
-            f"{clusters.shape}"
-        )
-    _, label_idx = np.unique(labels, return_inverse=True)
-    _, cluster_idx = np.unique(clusters, return_inverse=True)
-    counts = np.zeros((cluster_idx.max() + 1, label_idx.max() + 1), dtype=np.int64)
-    np.add.at(counts, (cluster_idx, label_idx), 1)
-    return float(counts.max(1).sum() / labels.size)
+    counts = _contingency(labels, clusters)
+    return float(counts.max(1).sum() / counts.sum())
 
 
 @torch.no_grad()
