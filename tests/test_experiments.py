@@ -739,3 +739,12 @@ def test_icnn_weight_summary_reads_the_trained_and_the_initial_weights(root, tmp
     w0 = fresh.decoder.g2.potential_net.positive_weights()[-1].mean().item()
     assert entry["g2_w_init"] == pytest.approx(w0)
     assert entry["g2_w"] != pytest.approx(w0)  # training moved it
+
+
+@pytest.mark.parametrize("name", ["10_book", "10_smoke", "10_table_full", "10_depth_full"])
+def test_the_image_grids_state_the_image_settings(name):
+    book = Path(__file__).resolve().parents[1] / "book" / "grids"
+    for spec in load_grid(book / f"{name}.toml"):
+        for key, value in experiments.IMAGE_SETTINGS.items():
+            assert spec[key] == value, (spec.run_id, key)
+    assert experiments.IMAGE_SETTINGS["flow_layers"] == 0  # SA-VAE refines a Gaussian
