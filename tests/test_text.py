@@ -408,4 +408,4 @@ def test_lidsvae_takes_the_icnn_weight_parametrisation_and_quadratic_start():
     model = build_model("lidsvae", cfg)
     for g in (model.decoder.g1, model.decoder.g2):
         assert g.potential_net.weights == "projected"
-        assert abs(float(g.potential_net.quadratic_coefficient()) - 0.011) < 1e-4
+        assert abs(g.potential_net.quadratic_coefficient().detach().item() - 0.011) < 1e-4
