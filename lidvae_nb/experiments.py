@@ -1141,8 +1141,8 @@ def icnn_weight_summary(results, out_dir, device=None) -> list[dict]:
     """How large the non-negative ICNN weights of stored injective-decoder runs have grown: for
     each run (its checkpoint in ``out_dir``) and for the same model freshly initialised with the
     run's seed, the mean of the output weights ``w`` of ``g1`` and ``g2`` (the weights that
-    scale each ICNN's contribution to the map). Returns ``[{"id", "steps", "g1_w", "g2_w",
-    "g1_w_init", "g2_w_init"}]``, runs without an injective decoder left out."""
+    scale each ICNN's contribution to the map). Returns ``[{"id", "tag", "seed", "steps", "g1_w",
+    "g2_w", "g1_w_init", "g2_w_init"}]``, runs without an injective decoder left out."""
     out = []
     for record in results:
         spec = RunSpec.from_stored(record["spec"])
@@ -1151,7 +1151,12 @@ def icnn_weight_summary(results, out_dir, device=None) -> list[dict]:
         model = load_model(spec, out_dir, device=device)
         torch.manual_seed(spec.seed)
         fresh = build_model(spec.model_name, spec.model_config())
-        entry = {"id": record["id"], "steps": record["history"][-1]["step"]}
+        entry = {
+            "id": record["id"],
+            "tag": spec.tag,
+            "seed": spec.seed,
+            "steps": record["history"][-1]["step"],
+        }
         for name, m in (("", model), ("_init", fresh)):
             for g in ("g1", "g2"):
                 w = getattr(m.decoder, g).potential_net.positive_weights()[-1]
