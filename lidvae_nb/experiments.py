@@ -124,9 +124,9 @@ IMAGE_SETTINGS = {
     "flow_hidden": 0,
     "flow_shift_only": False,
 }
-#: What a stored spec that lacks one of these fields ran with: the behaviour of the code before
-#: the field existed (:meth:`RunSpec.from_stored`). A default that changes later never relabels
-#: an old result.
+#: The values that a stored spec lacking one of these fields ran with, which were the code's
+#: behaviour before the field existed (read by :meth:`RunSpec.from_stored`), so that a default
+#: that changes later never relabels an old result.
 STORED_DEFAULTS = {
     "lift": "zero_one",
     "icnn_weights": "softplus",
