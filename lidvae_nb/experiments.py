@@ -49,7 +49,7 @@ import torch
 from lidvae_nb import data as _data
 from lidvae_nb._checks import check_count, check_positive
 from lidvae_nb.metrics import collapse_report, iwae_log_likelihood, learning_curve_point
-from lidvae_nb.models import ModelConfig, build_model
+from lidvae_nb.models import FIRST_SETTINGS, ModelConfig, build_model
 from lidvae_nb.report import provenance
 from lidvae_nb.trainer import TrainConfig, Trainer
 
@@ -128,14 +128,10 @@ IMAGE_SETTINGS = {
 #: behaviour before the field existed (read by :meth:`RunSpec.from_stored`), so that a default
 #: that changes later never relabels an old result.
 STORED_DEFAULTS = {
-    "lift": "zero_one",
-    "icnn_weights": "softplus",
-    "icnn_alpha": 0.1,
-    "icnn_quadratic_init": 1.0,
+    **FIRST_SETTINGS,
     "data_width": 0,
     "flow_hidden": 0,
     "flow_shift_only": False,
-    "prior_mean_scale": 2.0,
     "momentum": 0.0,
     "rmsprop_alpha": 0.99,
     "rmsprop_eps": 1e-8,
@@ -186,7 +182,10 @@ class RunSpec:
     :class:`lidvae_nb.models.ModelConfig` of the same names; the optimiser's (``momentum``,
     ``rmsprop_alpha``, ``rmsprop_eps``, ``rmsprop_init``, ``reduction``) those of
     :class:`lidvae_nb.trainer.TrainConfig`. :data:`REFERENCE_SETTINGS` holds the original LIDVAE
-    code's image configuration in these terms.
+    code's image configuration in these terms. The defaults of these fields are those of
+    :data:`IMAGE_SETTINGS` (the best configuration per step that chapter 10's ablation found,
+    keeping the decoder injective); before that replication they were the values in
+    :data:`STORED_DEFAULTS`, which a grid must state to rerun the runs made then.
 
     ``monitor_images`` > 0 evaluates the model before training and after every epoch on that many
     of the test images (the first of the run's test draw) with
@@ -217,17 +216,17 @@ class RunSpec:
     flow_hidden: int = 0
     flow_shift_only: bool = False
     fixed_prior_means: bool = False
-    prior_mean_scale: float = 2.0
-    lift: str = "zero_one"
-    icnn_weights: str = "softplus"
-    icnn_alpha: float = 0.1
-    icnn_quadratic_init: float = 1.0
-    data_width: int = 0
-    momentum: float = 0.0
-    rmsprop_alpha: float = 0.99
-    rmsprop_eps: float = 1e-8
-    rmsprop_init: float = 0.0
-    reduction: str = "mean"
+    prior_mean_scale: float = IMAGE_SETTINGS["prior_mean_scale"]
+    lift: str = IMAGE_SETTINGS["lift"]
+    icnn_weights: str = IMAGE_SETTINGS["icnn_weights"]
+    icnn_alpha: float = IMAGE_SETTINGS["icnn_alpha"]
+    icnn_quadratic_init: float = IMAGE_SETTINGS["icnn_quadratic_init"]
+    data_width: int = IMAGE_SETTINGS["data_width"]
+    momentum: float = IMAGE_SETTINGS["momentum"]
+    rmsprop_alpha: float = IMAGE_SETTINGS["rmsprop_alpha"]
+    rmsprop_eps: float = IMAGE_SETTINGS["rmsprop_eps"]
+    rmsprop_init: float = IMAGE_SETTINGS["rmsprop_init"]
+    reduction: str = IMAGE_SETTINGS["reduction"]
     monitor_images: int = 0
     monitor_bound_samples: int = 10
     monitor_iwae_samples: int = 50
@@ -400,16 +399,23 @@ class RunSpec:
             lstm_layers=self.lstm_layers,
         )
 
+    def _rmsprop_settings(self) -> dict:
+        return {
+            "momentum": self.momentum,
+            "rmsprop_alpha": self.rmsprop_alpha,
+            "rmsprop_eps": self.rmsprop_eps,
+            "rmsprop_init": self.rmsprop_init,
+        }
+
     def train_config(self, checkpoint_dir=None, device=None, progress=False) -> TrainConfig:
+        """The trainer's settings; ``momentum`` and the ``rmsprop_*`` fields apply only to
+        ``optimizer = "rmsprop"`` (another optimiser gets the trainer's defaults for them)."""
         return TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             optimizer=self.optimizer,
-            momentum=self.momentum,
-            rmsprop_alpha=self.rmsprop_alpha,
-            rmsprop_eps=self.rmsprop_eps,
-            rmsprop_init=self.rmsprop_init,
+            **(self._rmsprop_settings() if self.optimizer == "rmsprop" else {}),
             reduction=self.reduction,
             grad_clip=self.grad_clip,
             scheme=self.scheme,

@@ -16,6 +16,7 @@ from lidvae_nb import experiments, libi, report
 from lidvae_nb.data import MNIST_FILES
 from lidvae_nb.experiments import RunSpec, collect, load_grid, run_grid, run_one
 from lidvae_nb.metrics import collapse_report
+from lidvae_nb.models import ModelConfig
 
 torch.set_num_threads(1)
 
@@ -748,3 +749,24 @@ def test_the_image_grids_state_the_image_settings(name):
         for key, value in experiments.IMAGE_SETTINGS.items():
             assert spec[key] == value, (spec.run_id, key)
     assert experiments.IMAGE_SETTINGS["flow_layers"] == 0  # SA-VAE refines a Gaussian
+
+
+def test_the_runner_and_the_models_default_to_the_image_configuration():
+    spec = RunSpec()
+    for key, value in experiments.IMAGE_SETTINGS.items():
+        assert spec[key] == value, key
+    # the models' own defaults share the lift, the weights and the prior; their quadratic term
+    # is the ablation's strongly monotone one (as fast per step, and its inverse converges)
+    cfg = ModelConfig(data_dim=784)
+    for key in ("lift", "icnn_weights", "prior_mean_scale"):
+        assert getattr(cfg, key) == spec[key], key
+    assert (cfg.icnn_alpha, cfg.icnn_quadratic_init) == (0.1, 1.0) != (spec.icnn_alpha, 1e-3)
+    # and the stored runs made before the change still read as they ran
+    old = RunSpec.from_stored({})
+    assert (old.lift, old.icnn_weights, old.reduction) == ("zero_one", "softplus", "mean")
+    # the RMSprop settings of the defaults do not reach another optimiser
+    adam = RunSpec(optimizer="adam").train_config()
+    assert adam.optimizer == "adam" and adam.momentum == 0.0 and adam.rmsprop_init == 0.0
+    tf1 = RunSpec().train_config()
+    assert (tf1.momentum, tf1.rmsprop_alpha, tf1.rmsprop_init) == (0.5, 0.9, 1.0)
+    assert tf1.reduction == "sum"

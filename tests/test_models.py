@@ -136,6 +136,10 @@ def test_label_posterior_matches_quadrature(name):
             n_clusters=3,
             likelihood="gaussian",
             fixed_prior_means=True,
+            # the proposal is an untrained q(z | x, y): with the default learned lift and
+            # projected weights, a fresh LIDGMVAE's estimate missed by up to 0.3 at these draws,
+            # with the zero-one lift it does not; the test is of the estimator, not the decoder
+            lift="zero_one",
         ),
     ).double()
     x = torch.randn(5, 2, dtype=torch.float64)
