@@ -67,8 +67,8 @@ def mlp(sizes: list[int], activation=nn.ReLU) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-#: The models' injective-decoder and prior defaults before chapter 10's replication: the settings
-#: that chapters 4, 7, 9 and 12 and the quick tour were made with, and which they state
+#: The models' injective-decoder and prior defaults before chapter 10's replication, the settings
+#: that chapters 4, 7, 9 and 12 were made with, and which they state
 #: (``ModelConfig(..., **FIRST_SETTINGS)``), so that their results do not move with the defaults.
 FIRST_SETTINGS = {
     "lift": "zero_one",
