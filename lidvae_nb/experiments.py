@@ -141,6 +141,8 @@ STORED_DEFAULTS = {
 }
 #: Spec fields that do not change a run's result (a stored result is reused whatever they are).
 _NOT_RESULT_FIELDS = ("verify",)
+#: Spec fields that only RMSprop reads (:meth:`RunSpec.train_config` passes them to it alone).
+_RMSPROP_FIELDS = ("momentum", "rmsprop_alpha", "rmsprop_eps", "rmsprop_init")
 #: Spec fields that may grow between an interrupted run and its continuation.
 _RESUMABLE_FIELDS = ("epochs",)
 _TAG = re.compile(r"[A-Za-z0-9_.]*")
@@ -399,14 +401,6 @@ class RunSpec:
             lstm_layers=self.lstm_layers,
         )
 
-    def _rmsprop_settings(self) -> dict:
-        return {
-            "momentum": self.momentum,
-            "rmsprop_alpha": self.rmsprop_alpha,
-            "rmsprop_eps": self.rmsprop_eps,
-            "rmsprop_init": self.rmsprop_init,
-        }
-
     def train_config(self, checkpoint_dir=None, device=None, progress=False) -> TrainConfig:
         """The trainer's settings; ``momentum`` and the ``rmsprop_*`` fields apply only to
         ``optimizer = "rmsprop"`` (another optimiser gets the trainer's defaults for them)."""
@@ -415,7 +409,7 @@ class RunSpec:
             batch_size=self.batch_size,
             lr=self.lr,
             optimizer=self.optimizer,
-            **(self._rmsprop_settings() if self.optimizer == "rmsprop" else {}),
+            **{k: self[k] for k in _RMSPROP_FIELDS if self.optimizer == "rmsprop"},
             reduction=self.reduction,
             grad_clip=self.grad_clip,
             scheme=self.scheme,
