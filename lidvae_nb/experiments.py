@@ -24,6 +24,10 @@ of :class:`RunSpec`)::
     epochs = 50
     n_train = 20000
 
+Figure 1a-b's pinwheel study (GMVAE against LIDGMVAE, learned or fixed component means,
+continuous or binarised data) is :func:`pinwheel_study`, one :func:`pinwheel_run` per model and
+seed.
+
 Run it with ``python -m lidvae_nb.experiments GRID.toml --out DIR [--workers N] [--data-root
 PATH]``; read the results with :func:`collect`, average them over seeds with :func:`summarize`
 and time them with :func:`throughput`. Each run writes ``DIR/<run id>.json`` (metrics,
@@ -48,10 +52,16 @@ import torch
 
 from lidvae_nb import data as _data
 from lidvae_nb._checks import check_count, check_positive
-from lidvae_nb.metrics import collapse_report, iwae_log_likelihood, learning_curve_point
+from lidvae_nb.metrics import (
+    cluster_accuracy,
+    cluster_information,
+    collapse_report,
+    iwae_log_likelihood,
+    learning_curve_point,
+)
 from lidvae_nb.models import FIRST_SETTINGS, ModelConfig, build_model
 from lidvae_nb.report import provenance
-from lidvae_nb.trainer import TrainConfig, Trainer
+from lidvae_nb.trainer import TrainConfig, Trainer, run_parallel
 
 #: Each method as (model name for :func:`lidvae_nb.models.build_model`, trainer scheme).
 METHODS = {
@@ -1315,6 +1325,134 @@ def throughput(result: dict) -> float:
     if not history or seconds <= 0:
         raise ValueError(f"run {result.get('id')!r} has no timed epochs to measure throughput from")
     return result["n_images"]["train"] * len(history) / seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Figure 1a-b: GMVAE against LIDGMVAE on pinwheel data
+
+#: The four models of the pinwheel study: name -> (model for :func:`build_model`, whether the
+#: component means are fixed at distinct points as in Example 1 rather than learned).
+PINWHEEL_VARIANTS = {
+    "GMVAE": ("gmvae", False),
+    "LIDGMVAE": ("lidgmvae", False),
+    "GMVAE, fixed means": ("gmvae", True),
+    "LIDGMVAE, fixed means (Example 1)": ("lidgmvae", True),
+}
+
+
+def pinwheel_pixels(x: torch.Tensor) -> torch.Tensor:
+    """The pixel probabilities sigmoid(10 x) of binarised pinwheel: a pixel is, in effect, the
+    sign of its coordinate."""
+    return torch.sigmoid(10 * x)
+
+
+def pinwheel_run(
+    variant: str,
+    likelihood: str,
+    epochs: int,
+    seed: int,
+    n_per_arm: int,
+    iwae_samples: int = 200,
+    n_test_per_arm: int = 200,
+    hidden: int = 64,
+) -> dict:
+    """Fit one model of :data:`PINWHEEL_VARIANTS` to five-arm pinwheel data and measure its label.
+
+    ``likelihood`` "gaussian" fits the points; "bernoulli" fits binarised points, a pixel
+    ``b_j ~ Bernoulli(sigmoid(10 x_j))`` drawn afresh at every step for training and once (seed
+    ``77 + seed``) for the test set. Training data come from seed ``1000 + seed``, test data from
+    ``5000 + seed``; the model (code of 2 dimensions, width ``hidden``, the first settings of
+    :data:`lidvae_nb.models.FIRST_SETTINGS`) trains with Adam, batch 100, for ``epochs``.
+
+    Returns the model and its test data (``x_test`` the points, ``x_test_in`` what the model
+    sees, ``y_test`` the arms) with: ``mi`` and ``entropy``, I(y; x) and the mean entropy of the
+    encoder's q(y | x) (:func:`~lidvae_nb.metrics.cluster_information`); ``model_mi``, the same
+    for the model's own p(y | x) (``GMVAE.label_posterior``, ``iwae_samples`` samples); ``acc``,
+    the Hungarian cluster accuracy; ``ll``, the IWAE test log-likelihood per point; ``probs``,
+    q(y | x) on the test set; and ``separation``, the closest pair of component means in units
+    of the components' mean scale.
+    """
+    if variant not in PINWHEEL_VARIANTS:
+        raise ValueError(f"variant must be one of {list(PINWHEEL_VARIANTS)}, got {variant!r}")
+    if likelihood not in ("bernoulli", "gaussian"):
+        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    name, fixed = PINWHEEL_VARIANTS[variant]
+    x_train, _ = _data.pinwheel(check_count("n_per_arm", n_per_arm), 5, seed=1000 + seed)
+    x_test, y_test = _data.pinwheel(
+        check_count("n_test_per_arm", n_test_per_arm), 5, seed=5000 + seed
+    )
+    x_test_in = x_test
+    if likelihood == "bernoulli":
+        x_train = pinwheel_pixels(x_train)
+        x_test_in = torch.bernoulli(
+            pinwheel_pixels(x_test), generator=torch.Generator().manual_seed(77 + seed)
+        )
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        data_dim=2,
+        latent_dim=2,
+        hidden=hidden,
+        n_clusters=5,
+        likelihood=likelihood,
+        fixed_prior_means=fixed,
+        **FIRST_SETTINGS,
+    )
+    model = build_model(name, config)
+    binarise = torch.bernoulli if likelihood == "bernoulli" else None
+    train = TrainConfig(epochs=epochs, batch_size=100, seed=seed, progress=False)
+    Trainer(model, train, batch_transform=binarise).fit(x_train)
+    model.eval()
+    with torch.no_grad():
+        probs = model.cluster_probs(x_test_in)
+        mi, entropy = cluster_information(probs)
+        torch.manual_seed(seed)
+        own = torch.cat([model.label_posterior(b, iwae_samples) for b in x_test_in.split(200)])
+        ll = float(iwae_log_likelihood(model, x_test_in, n_samples=iwae_samples).mean())
+        scale = torch.nn.functional.softplus(model.prior_raw_scales).mean()
+        gaps = torch.cdist(model.prior_means, model.prior_means) + 1e9 * torch.eye(5)
+        separation = float(gaps.min() / scale)
+    return {
+        "variant": variant,
+        "seed": seed,
+        "model": model,
+        "x_test": x_test,
+        "x_test_in": x_test_in,
+        "y_test": y_test,
+        "mi": mi,
+        "entropy": entropy,
+        "model_mi": cluster_information(own)[0],
+        "acc": cluster_accuracy(y_test.numpy(), probs.argmax(1).numpy()),
+        "ll": ll,
+        "probs": probs,
+        "separation": separation,
+    }
+
+
+def pinwheel_study(
+    likelihood: str,
+    epochs: int,
+    seeds: int,
+    n_per_arm: int,
+    iwae_samples: int = 200,
+    workers: int = 1,
+    progress: bool = False,
+) -> list[dict]:
+    """:func:`pinwheel_run` for every variant and seed ``0 .. seeds - 1`` (seed-major order), in
+    ``workers`` processes (:func:`lidvae_nb.trainer.run_parallel`); each run seeds itself, so the
+    results do not depend on ``workers``."""
+    jobs = [
+        dict(
+            variant=variant,
+            likelihood=likelihood,
+            epochs=epochs,
+            seed=seed,
+            n_per_arm=n_per_arm,
+            iwae_samples=iwae_samples,
+        )
+        for seed in range(check_count("seeds", seeds))
+        for variant in PINWHEEL_VARIANTS
+    ]
+    return run_parallel(pinwheel_run, jobs, workers, f"pinwheel ({likelihood})", progress)
 
 
 def main(argv=None) -> None:

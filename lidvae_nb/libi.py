@@ -36,7 +36,7 @@ from lidvae_nb.data import JTE_B, SYNTHETIC, _check_synthetic, jte_loading, synt
 from lidvae_nb.metrics import henze_zirkler, iwae_log_likelihood, smooth_knn_statistic
 from lidvae_nb.models import StandardNormalVAE
 from lidvae_nb.report import provenance
-from lidvae_nb.trainer import TrainConfig, Trainer
+from lidvae_nb.trainer import TrainConfig, Trainer, run_parallel
 
 DECODERS = ("truth", "injective")
 #: The methods of Table 1, and the book's extra column.
@@ -477,27 +477,7 @@ def _run_job(job: dict) -> dict:
 def run_table(jobs: list[dict], workers: int = 1, progress: bool = True) -> list[dict]:
     """Run :func:`run_method` on every dict of keyword arguments in ``jobs``, in ``workers``
     processes (one thread each), with a progress bar; results in the order of ``jobs``."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
-    check_count("workers", workers)
-    bar = tqdm(total=len(jobs), desc="Table 1", disable=not progress)
-    try:
-        if workers == 1:
-            out = []
-            for job in jobs:
-                out.append(_run_job(job))
-                bar.update(1)
-            return out
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_job, job) for job in jobs]
-            for f in futures:
-                f.add_done_callback(lambda _: bar.update(1))
-            return [f.result() for f in futures]
-    finally:
-        bar.close()
+    return run_parallel(_run_job, [{"job": job} for job in jobs], workers, "Table 1", progress)
 
 
 def table_jobs(

@@ -272,10 +272,17 @@ class Trainer:
     # --- set-up -------------------------------------------------------------------------------
     def _optimizer(self, params):
         cfg = self.cfg
+        # foreach: one kernel per step for all parameters instead of one per tensor (on CPU
+        # torch picks the per-tensor loop by default, which dominates small models' steps)
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr)
+            return torch.optim.Adam(params, lr=cfg.lr, foreach=True)
         opt = torch.optim.RMSprop(
-            params, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps, momentum=cfg.momentum
+            params,
+            lr=cfg.lr,
+            alpha=cfg.rmsprop_alpha,
+            eps=cfg.rmsprop_eps,
+            momentum=cfg.momentum,
+            foreach=True,
         )
         if cfg.rmsprop_init > 0:  # TensorFlow 1 starts the squared-gradient average at 1
             for p in params:
@@ -600,3 +607,43 @@ class Trainer:
             bar.close()
             D.Distribution.set_default_validate_args(validate)
         return self.history
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_parallel(
+    fn: Callable, jobs: list[dict], workers: int = 1, desc: str = "fits", progress: bool = True
+) -> list:
+    """``[fn(**job) for job in jobs]``, in ``workers`` processes (spawn context, one torch thread
+    each) when ``workers`` > 1, with a progress bar; results in the order of ``jobs``.
+
+    Many small fits use two cores better as two one-thread processes than as one two-thread
+    process. ``fn`` must be importable (a module-level function of a package), since spawned
+    workers import it afresh; each job should seed its own random streams, so that the results
+    do not depend on ``workers``.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    check_count("workers", workers)
+    jobs = list(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    try:
+        if workers == 1:
+            out = []
+            for job in jobs:
+                out.append(fn(**job))
+                bar.update(1)
+            return out
+        pool = ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_one_thread
+        )
+        with pool:
+            futures = [pool.submit(fn, **job) for job in jobs]
+            for f in futures:
+                f.add_done_callback(lambda _: bar.update(1))
+            return [f.result() for f in futures]
+    finally:
+        bar.close()

@@ -770,3 +770,39 @@ def test_the_runner_and_the_models_default_to_the_image_configuration():
     tf1 = RunSpec().train_config()
     assert (tf1.momentum, tf1.rmsprop_alpha, tf1.rmsprop_init) == (0.5, 0.9, 1.0)
     assert tf1.reduction == "sum"
+
+
+def test_pinwheel_runs_do_not_depend_on_the_number_of_workers():
+    kw = dict(likelihood="bernoulli", epochs=2, seeds=1, n_per_arm=20, iwae_samples=5)
+    one = experiments.pinwheel_study(**kw, workers=1)
+    two = experiments.pinwheel_study(**kw, workers=2)
+    assert [r["variant"] for r in one] == list(experiments.PINWHEEL_VARIANTS)
+    for a, b in zip(one, two, strict=True):
+        for key in ("mi", "entropy", "model_mi", "acc", "ll", "separation"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["variant"], key)
+        theirs = b["model"].state_dict()
+        for name, p in a["model"].state_dict().items():
+            assert torch.allclose(p, theirs[name], atol=1e-5), (a["variant"], name)
+
+
+def test_a_binarised_pinwheel_run_sees_pixels_and_reports_probabilities():
+    run = experiments.pinwheel_run(
+        "LIDGMVAE", "bernoulli", epochs=1, seed=3, n_per_arm=20, iwae_samples=5, n_test_per_arm=10
+    )
+    assert set(run["x_test_in"].unique().tolist()) <= {0.0, 1.0}
+    assert run["probs"].shape == (50, 5)
+    assert torch.allclose(run["probs"].sum(1), torch.ones(50), atol=1e-5)
+    assert 0 <= run["mi"] <= math.log(5) + 1e-6 and 0.2 <= run["acc"] <= 1
+    assert not run["model"].training
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("VAE", "bernoulli"), "variant must be one of .*'GMVAE'.*got 'VAE'"),
+        (("GMVAE", "poisson"), "likelihood must be 'bernoulli' or 'gaussian', got 'poisson'"),
+    ],
+)
+def test_bad_pinwheel_settings_are_named(args, match):
+    with pytest.raises(ValueError, match=match):
+        experiments.pinwheel_run(*args, epochs=1, seed=0, n_per_arm=10)

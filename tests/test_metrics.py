@@ -240,3 +240,28 @@ def _exact_loss(model, x):
     rec = -model.log_likelihood(x, z)
     kl = q.log_prob(z) - model.prior().log_prob(z)
     return {"loss": (rec + kl).mean(), "rec": rec, "kl_term": kl}
+
+
+def test_closest_pair_ratio_finds_the_smallest_singular_value_of_a_linear_map():
+    a = torch.diag(torch.tensor([3.0, 0.5]))
+    ratio, z, z2 = metrics.closest_pair_ratio(lambda z: z @ a, 2, n_starts=32, steps=300)
+    # a linear map shrinks no difference by more than its smallest singular value, and the
+    # search should find a pair along that direction
+    assert 0.5 - 1e-5 <= ratio < 0.51
+    assert np.linalg.norm(z - z2) > 1e-3
+
+
+def test_closest_pair_ratio_exposes_a_decoder_that_folds_the_plane():
+    def fold(z):  # (z1, z2) and (-z1, z2) have the same image
+        return torch.stack([z[:, 0].abs(), z[:, 1]], dim=1)
+
+    ratio, z, z2 = metrics.closest_pair_ratio(fold, 2, n_starts=32, steps=300)
+    assert ratio < 1e-3
+    assert abs(z[0] + z2[0]) < 1e-2 and abs(z[1] - z2[1]) < 1e-2 and abs(z[0]) > 1e-3
+
+
+def test_closest_pair_ratio_rejects_bad_settings():
+    with pytest.raises(ValueError, match="latent_dim"):
+        metrics.closest_pair_ratio(lambda z: z, 0)
+    with pytest.raises(ValueError, match="box must be > 0, got -1.0"):
+        metrics.closest_pair_ratio(lambda z: z, 2, box=-1.0)
