@@ -1330,8 +1330,9 @@ def throughput(result: dict) -> float:
 # --------------------------------------------------------------------------------------------
 # Figure 1a-b: GMVAE against LIDGMVAE on pinwheel data
 
-#: The four models of the pinwheel study: name -> (model for :func:`build_model`, whether the
-#: component means are fixed at distinct points as in Example 1 rather than learned).
+#: Figure 1a-b's four models, each name mapped to (the model for
+#: :func:`lidvae_nb.models.build_model`, whether the component means are fixed at distinct
+#: points as in Example 1 rather than learned).
 PINWHEEL_VARIANTS = {
     "GMVAE": ("gmvae", False),
     "LIDGMVAE": ("lidgmvae", False),

@@ -1,4 +1,5 @@
-"""Tables that put a paper's claim or number beside ours, and the provenance of stored results."""
+"""Tables that put a paper's claim or number beside ours, the checks and glued values that tie
+the prose to the data (:func:`claim`, :func:`glue`), and the provenance of stored results."""
 
 from __future__ import annotations
 
@@ -66,6 +67,18 @@ def claim(statement: str, holds, **evidence) -> bool:
             f"the data no longer support the claim {statement!r}" + (f" ({shown})" if shown else "")
         )
     return True
+
+
+def glue(name: str, value, display: bool = False):
+    """MyST-NB's ``glue``: store ``value`` under ``name`` for the prose to render (the
+    ``glue:text`` role, with a format spec such as ``name:.2f``). A numpy or torch scalar is
+    passed as a plain Python number, whose format spec works. Returns the value stored."""
+    from myst_nb import glue as _glue
+
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    _glue(name, value, display=display)
+    return value
 
 
 def provenance(config: dict, wall_seconds: float) -> dict:

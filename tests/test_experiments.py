@@ -626,6 +626,19 @@ def test_a_claim_that_the_data_contradict_fails_quoting_the_sentence():
         report.claim("every seed", np.array([True, False]))
 
 
+def test_glue_stores_numpy_and_torch_scalars_as_numbers_that_format(monkeypatch):
+    import myst_nb
+
+    stored = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: stored.update({name: value}))
+    report.glue("a", np.float64(-3.125))
+    report.glue("b", torch.tensor(0.5))
+    report.glue("c", np.array([1.0, 2.0]))
+    assert type(stored["a"]) is float and f"{stored['a']:.2f}" == "-3.12"
+    assert type(stored["b"]) is float and stored["b"] == 0.5
+    assert isinstance(stored["c"], np.ndarray)  # not a scalar: stored as it is
+
+
 def test_provenance_summary_names_commits_devices_dates_and_failures():
     def rec(i, commit, dirty, error=None):
         prov = {
