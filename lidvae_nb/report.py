@@ -73,7 +73,13 @@ def glue(name: str, value, display: bool = False):
     """MyST-NB's ``glue``: store ``value`` under ``name`` for the prose to render (the
     ``glue:text`` role, with a format spec such as ``name:.2f``). A numpy or torch scalar is
     passed as a plain Python number, whose format spec works. Returns the value stored."""
-    from myst_nb import glue as _glue
+    try:
+        from myst_nb import glue as _glue
+    except ImportError as err:  # a book tool, not a dependency of the package
+        raise ImportError(
+            "report.glue needs myst-nb, which the 'book' extra installs: "
+            "pip install 'lidvae_nb[book]'"
+        ) from err
 
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         value = value.item()

@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -637,6 +638,9 @@ def test_glue_stores_numpy_and_torch_scalars_as_numbers_that_format(monkeypatch)
     assert type(stored["a"]) is float and f"{stored['a']:.2f}" == "-3.12"
     assert type(stored["b"]) is float and stored["b"] == 0.5
     assert isinstance(stored["c"], np.ndarray)  # not a scalar: stored as it is
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # as if the book extra were missing
+    with pytest.raises(ImportError, match=r"needs myst-nb.*lidvae_nb\[book\]"):
+        report.glue("d", 1.0)
 
 
 def test_provenance_summary_names_commits_devices_dates_and_failures():

@@ -36,11 +36,34 @@ def _declared() -> set[str]:
     }
 
 
+def _lazy_extras(tree) -> set[int]:
+    """ids of the import nodes inside a function body that import one of the extras: a function
+    only the book needs (``report.glue``) may import a book tool when it is called."""
+    lazy = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                if all(name.split(".")[0] in EXTRAS_MODULES for name in names):
+                    lazy.add(id(node))
+    return lazy
+
+
 def _imported_top_level() -> dict[str, str]:
-    """Top-level modules imported anywhere in the package (at any depth), with a file using each."""
+    """Top-level modules imported anywhere in the package (at any depth), with a file using each;
+    an extra imported inside a function is left out (see :func:`_lazy_extras`)."""
     found = {}
     for path in sorted(PACKAGE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        lazy = _lazy_extras(tree)
+        for node in ast.walk(tree):
+            if id(node) in lazy:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
