@@ -36,22 +36,26 @@ def _declared() -> set[str]:
     }
 
 
+def _import_names(node) -> list[str]:
+    """The absolute module names an import node imports (none for any other node)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module]
+    return []
+
+
 def _lazy_extras(tree) -> set[int]:
     """ids of the import nodes inside a function body that import one of the extras: a function
     only the book needs (``report.glue``) may import a book tool when it is called."""
-    lazy = set()
-    for fn in ast.walk(tree):
-        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-            for node in ast.walk(fn):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                if all(name.split(".")[0] in EXTRAS_MODULES for name in names):
-                    lazy.add(id(node))
-    return lazy
+    return {
+        id(node)
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in ast.walk(fn)
+        if (names := _import_names(node))
+        and all(name.split(".")[0] in EXTRAS_MODULES for name in names)
+    }
 
 
 def _imported_top_level() -> dict[str, str]:
@@ -62,16 +66,9 @@ def _imported_top_level() -> dict[str, str]:
         tree = ast.parse(path.read_text())
         lazy = _lazy_extras(tree)
         for node in ast.walk(tree):
-            if id(node) in lazy:
-                continue
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                found.setdefault(name.split(".")[0], path.name)
+            if id(node) not in lazy:
+                for name in _import_names(node):
+                    found.setdefault(name.split(".")[0], path.name)
     return found
 
 
