@@ -163,3 +163,156 @@ def provenance_summary(results: Sequence[dict]) -> str:
         f"runs stopped on a non-finite loss: {', '.join(failed) if failed else 'none'}",
     ]
     return "\n".join(lines)
+
+
+# --- the reproduction status table ------------------------------------------------------------
+
+#: The verdicts a row of the status table may carry, best first.
+VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
+_STATUS_FIELDS = ("id", "paper", "what", "chapter", "paper_value", "ours", "scale", "verdict")
+
+
+def _status_path(path=None):
+    from pathlib import Path
+
+    if path is not None:
+        return Path(path)
+    from lidvae_nb.profiles import find_profiles_file
+
+    return find_profiles_file().parent / "results" / "status.toml"
+
+
+def load_status(path=None) -> list[dict]:
+    """The rows of the reproduction status table (``book/results/status.toml`` by default), each
+    checked: every field present, a known verdict, unique ids, and an ``ours`` template whose
+    ``{names}`` are exactly the row's ``values``."""
+    import string
+    import tomllib
+
+    path = _status_path(path)
+    with open(path, "rb") as f:
+        rows = tomllib.load(f).get("result", [])
+    if not rows:
+        raise ValueError(f"{path} holds no [[result]] rows")
+    seen = set()
+    for row in rows:
+        missing = [k for k in _STATUS_FIELDS if k not in row]
+        if missing:
+            raise ValueError(f"{path.name}: row {row.get('id', row)!r} lacks {missing}")
+        if row["verdict"] not in VERDICTS:
+            raise ValueError(
+                f"{path.name}: row {row['id']!r} has verdict {row['verdict']!r}, "
+                f"expected one of {VERDICTS}"
+            )
+        if row["id"] in seen:
+            raise ValueError(f"{path.name}: the id {row['id']!r} appears twice")
+        seen.add(row["id"])
+        names = {f for _, f, _, _ in string.Formatter().parse(row["ours"]) if f}
+        names = {n.split(".")[0].split("[")[0] for n in names}
+        values = row.get("values", {})
+        if names != set(values):
+            raise ValueError(
+                f"{path.name}: row {row['id']!r}: its 'ours' template names {sorted(names)} "
+                f"but its values are {sorted(values)}"
+            )
+        if values and row.get("checked_in") not in ("book", "full", "any"):
+            raise ValueError(
+                f"{path.name}: row {row['id']!r} has values, so it must say which profile's run "
+                f"gives them: checked_in = 'book', 'full' or 'any' (stored results), got "
+                f"{row.get('checked_in')!r}"
+            )
+        if row["verdict"] != "reproduced" and not row.get("reason", "").strip():
+            raise ValueError(f"{path.name}: row {row['id']!r} ({row['verdict']}) needs a reason")
+    return rows
+
+
+def check_status(result_id: str, profile: str, path=None, **values) -> bool:
+    """Check the status table's row ``result_id`` against the values this run computed.
+
+    A chapter calls this with the numbers its run gives for a result of the table. The row's
+    ``values`` were written from the ``checked_in`` profile's run (or from stored results, for
+    ``"any"``): in that profile the values must agree, each within the row's ``tolerance``
+    (absolute; 0 when absent), or :class:`ClaimFailed` names the row, what the table says and
+    what the run gives. In another profile nothing is checked and False is returned.
+    """
+    rows = {r["id"]: r for r in load_status(path)}
+    if result_id not in rows:
+        raise ValueError(f"the status table has no row {result_id!r}; it has {sorted(rows)}")
+    row = rows[result_id]
+    stored = row.get("values", {})
+    if set(values) != set(stored):
+        raise ValueError(
+            f"status row {result_id!r} holds the values {sorted(stored)}, "
+            f"the chapter passed {sorted(values)}"
+        )
+    if row["checked_in"] not in ("any", profile):
+        return False
+    tol = float(row.get("tolerance", 0.0))
+    bad = {}
+    for name, have in values.items():
+        if hasattr(have, "item"):
+            have = have.item()
+        want = stored[name]
+        if isinstance(want, bool) or not isinstance(want, int | float):
+            ok = have == want
+        else:
+            ok = abs(float(have) - want) <= tol + 1e-12
+        if not ok:
+            bad[name] = (want, have)
+    if bad:
+        shown = ", ".join(f"{k}: the table has {w!r}, this run {h!r}" for k, (w, h) in bad.items())
+        raise ClaimFailed(
+            f"the status table's row {result_id!r} ({row['what']}: ours "
+            f"{row['ours'].format(**stored)!r}) no longer matches this run ({shown}); "
+            "rerun the chapter and update book/results/status.toml"
+        )
+    return True
+
+
+def status_table(path=None) -> str:
+    """The reproduction status table as markdown: each result of the three papers, its chapter,
+    the paper's number, ours, the scale we ran at and the verdict, with its reason."""
+    rows = []
+    for r in load_status(path):
+        verdict = r["verdict"] + (f": {r['reason']}" if r.get("reason") else "")
+        rows.append(
+            [
+                r["paper"],
+                r["what"],
+                r["chapter"].split("_")[0],
+                r["paper_value"],
+                r["ours"].format(**r.get("values", {})),
+                r["scale"],
+                verdict,
+            ]
+        )
+    return markdown_table(
+        rows, ["paper", "result", "ch.", "paper's", "ours", "our scale", "verdict"]
+    )
+
+
+def status_summary(path=None) -> str:
+    """One sentence counting the rows of the status table by verdict."""
+    rows = load_status(path)
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+    parts = [f"{n} {v}" for v, n in counts.items() if n]
+    return (
+        f"Of the {len(rows)} results of the three papers in the status table: "
+        + ", ".join(parts)
+        + "."
+    )
+
+
+def status_digest(path=None) -> str:
+    """The summary sentence, then one markdown bullet per verdict other than "reproduced",
+    naming its results and their chapters (what the README quotes)."""
+    rows = load_status(path)
+    lines = [status_summary(path), ""]
+    for verdict in VERDICTS[1:]:
+        have = [r for r in rows if r["verdict"] == verdict]
+        if have:
+            named = "; ".join(
+                f"{r['paper']}, {r['what']} (chapter {r['chapter'][:2]})" for r in have
+            )
+            lines.append(f"* **{verdict}**: {named}.")
+    return "\n".join(lines)

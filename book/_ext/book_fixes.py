@@ -14,6 +14,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
 
 def _executed(app, docname: str) -> Path:
     return Path(app.outdir).parent / "jupyter_execute" / f"{docname}.ipynb"
@@ -52,7 +56,24 @@ def _copy_executed_notebooks(app, exception):
             shutil.copyfile(source, target)
 
 
+class StatusTable(SphinxDirective):
+    """``{status-table}``: the reproduction status table, generated from its data file."""
+
+    has_content = False
+
+    def run(self):
+        from lidvae_nb import report
+
+        path = Path(self.env.srcdir) / "book" / "results" / "status.toml"
+        self.env.note_dependency(str(path))
+        text = report.status_summary(path) + "\n\n" + report.status_table(path)
+        node = nodes.container(classes=["status-table"])
+        self.state.nested_parse(StringList(text.splitlines()), self.content_offset, node)
+        return [node]
+
+
 def setup(app):
+    app.add_directive("status-table", StatusTable)
     app.connect("html-page-context", _offer_executed_notebook, priority=400)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=900)
     app.connect("build-finished", _copy_executed_notebooks)
