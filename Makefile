@@ -28,13 +28,13 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check lidvae_nb tests .ci book/_ext
 
 unit: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 tests
 
 chapters: $(STAMP)
 	$(PY) .ci/book.py execute --profile smoke --out _build/smoke
 
 nbval: $(STAMP)
-	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider _build/smoke/book
+	$(PY) -m pytest -n 2 --dist loadscope --nbval-lax --nbval-current-env -p no:cacheprovider _build/smoke/book
 
 ## make book: every chapter executed in its default (book) profile, HTML in _build/html.
 book: $(STAMP)
