@@ -235,6 +235,10 @@ def check_status(result_id: str, profile: str, path=None, **values) -> bool:
     (absolute; 0 when absent), or :class:`ClaimFailed` names the row, what the table says and
     what the run gives. In another profile nothing is checked and False is returned.
     """
+    from lidvae_nb.profiles import PROFILES
+
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     rows = {r["id"]: r for r in load_status(path)}
     if result_id not in rows:
         raise ValueError(f"the status table has no row {result_id!r}; it has {sorted(rows)}")
@@ -293,7 +297,10 @@ def status_table(path=None) -> str:
 
 def status_summary(path=None) -> str:
     """One sentence counting the rows of the status table by verdict."""
-    rows = load_status(path)
+    return _summary(load_status(path))
+
+
+def _summary(rows: list[dict]) -> str:
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     parts = [f"{n} {v}" for v, n in counts.items() if n]
     return (
@@ -307,7 +314,7 @@ def status_digest(path=None) -> str:
     """The summary sentence, then one markdown bullet per verdict other than "reproduced",
     naming its results and their chapters (what the README quotes)."""
     rows = load_status(path)
-    lines = [status_summary(path), ""]
+    lines = [_summary(rows), ""]
     for verdict in VERDICTS[1:]:
         have = [r for r in rows if r["verdict"] == verdict]
         if have:

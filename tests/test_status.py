@@ -75,6 +75,8 @@ def test_check_status_passes_fails_and_skips(tmp_path):
     assert report.check_status("r1", "smoke", path, hits=1, n=3) is False
     with pytest.raises(ValueError, match="holds the values"):
         report.check_status("r1", "book", path, hits=2)
+    with pytest.raises(ValueError, match="got 'boook'"):
+        report.check_status("r1", "boook", path, hits=2, n=3)
     with pytest.raises(ValueError, match="no row 'r9'"):
         report.check_status("r9", "book", path, hits=2, n=3)
 
